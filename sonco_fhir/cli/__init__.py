@@ -1,0 +1,1 @@
+"""The `sonco-fhir` command line."""

@@ -1,0 +1,131 @@
+"""Entry point of the `sonco-fhir` command.
+
+The language is read from the command line before the commands are built,
+so that help text is translated as well as messages.
+"""
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+from .. import i18n
+from ..errors import ExitCode, SoncoError
+
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+out = Console(highlight=False, soft_wrap=True)
+
+
+def fail(error: SoncoError) -> None:
+    err.print(f"[bold red]{i18n.t('error.prefix')}[/] : {error}" if i18n.language() == "fr" else f"[bold red]{i18n.t('error.prefix')}[/]: {error}")
+    raise typer.Exit(int(error.exit_code))
+
+
+def print_summary(summary, mapped_only: bool) -> None:
+    if summary.problems:
+        err.print(i18n.t("run.problems", count=len(summary.problems)))
+        for problem in summary.problems:
+            err.print(f"  - {problem.render()}", markup=False)
+    key = "run.summary_map" if mapped_only else "run.summary"
+    err.print(
+        i18n.t(key, read=summary.records_read, ok=summary.records_mapped, loaded=summary.records_loaded,
+               rejected=summary.records_rejected, resources=summary.resources)
+    )
+
+
+def build_app() -> typer.Typer:
+    t = i18n.t
+    app = typer.Typer(help=t("app.help"), no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+
+    @app.callback()
+    def main(lang: str = typer.Option(i18n.DEFAULT_LANGUAGE, "--lang", help=t("opt.lang"))):
+        i18n.set_language(lang)
+        logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+    @app.command("map", help=t("cmd.map"))
+    def map_command(
+        kind: str = typer.Argument(..., help=t("arg.kind")),
+        paths: list[Path] = typer.Argument(..., help=t("arg.paths")),
+        output: Optional[Path] = typer.Option(None, "--output", "-o", help=t("opt.output")),
+    ):
+        from ..config import load_settings
+        from ..pipeline import build_engine, map_source, merged_bundle
+
+        settings = load_settings()
+        try:
+            engine = build_engine(settings, read_only=True)
+            mapped, summary = map_source(kind, paths, settings, engine)
+        except SoncoError as error:
+            fail(error)
+        bundle = merged_bundle(mapped)
+        summary.resources = len(bundle["entry"])
+        text = json.dumps(bundle, indent=2, ensure_ascii=False)
+        if output:
+            output.write_text(text + "\n", encoding="utf-8")
+            err.print(t("run.written", path=output))
+        else:
+            print(text)
+        print_summary(summary, mapped_only=True)
+        if summary.records_rejected:
+            raise typer.Exit(int(ExitCode.RECORDS_REJECTED))
+
+    @app.command("ingest", help=t("cmd.ingest"))
+    def ingest_command(
+        kind: str = typer.Argument(..., help=t("arg.kind")),
+        paths: list[Path] = typer.Argument(..., help=t("arg.paths")),
+    ):
+        from ..config import load_settings
+        from ..loading.hapi import FhirServer
+        from ..pipeline import build_engine, load_records, map_source
+
+        settings = load_settings()
+        try:
+            server = FhirServer(settings.fhir_url)
+            if not server.is_up():
+                from ..errors import ServerError
+
+                raise ServerError(t("server.unreachable", url=settings.fhir_url))
+            engine = build_engine(settings, read_only=False)
+            mapped, summary = map_source(kind, paths, settings, engine)
+            load_records(mapped, server, summary)
+        except SoncoError as error:
+            fail(error)
+        print_summary(summary, mapped_only=False)
+        if summary.records_rejected:
+            raise typer.Exit(int(ExitCode.RECORDS_REJECTED))
+
+    key_app = typer.Typer(help=t("cmd.key"), no_args_is_help=True)
+    app.add_typer(key_app, name="key")
+
+    @key_app.command("init", help=t("cmd.key"))
+    def key_init():
+        from ..config import load_settings
+        from ..privacy.pseudonym import generate_key_file
+
+        settings = load_settings()
+        if settings.key_file.exists():
+            err.print(t("key.exists", path=settings.key_file))
+            return
+        generate_key_file(settings.key_file)
+        err.print(t("key.created", path=settings.key_file))
+
+    from .server_commands import register as register_server
+    from .indicator_commands import register as register_indicators
+
+    register_server(app)
+    register_indicators(app)
+    return app
+
+
+def run() -> None:
+    i18n.set_language(i18n.detect_language())
+    app = build_app()
+    app(prog_name="sonco-fhir")
+
+
+if __name__ == "__main__":
+    sys.exit(run())

@@ -1,0 +1,1 @@
+"""Connectors read a source and yield `SourceRecord`s for the mapping engine."""

@@ -1,0 +1,1 @@
+"""Loading: transaction bundles into the cohort's HAPI FHIR server."""

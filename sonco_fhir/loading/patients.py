@@ -1,0 +1,25 @@
+"""Patient merge: several sources describe one cohort patient, each with what it knows."""
+
+
+def merge_patient(existing: dict, incoming: dict) -> dict:
+    """Keep what `existing` knows and take every element `incoming` gives.
+
+    A source that knows only the pseudonym (a lab export) leaves the
+    gender and birth year sent by the hospital in place.
+    """
+    merged = {key: value for key, value in existing.items() if key not in ("meta", "text")}
+    for key, value in incoming.items():
+        if key == "meta":
+            continue
+        merged[key] = value
+    # The union of the mapping tags keeps the Patient unchanged when any source is sent again.
+    tags = {(tag["system"], tag["code"]): tag for source in (existing, incoming) for tag in source.get("meta", {}).get("tag", [])}
+    meta = {}
+    profiles = incoming.get("meta", {}).get("profile") or existing.get("meta", {}).get("profile")
+    if profiles:
+        meta["profile"] = profiles
+    if tags:
+        meta["tag"] = [tags[key] for key in sorted(tags)]
+    if meta:
+        merged["meta"] = meta
+    return merged

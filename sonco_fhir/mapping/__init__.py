@@ -1,0 +1,1 @@
+"""Declarative mappings: YAML files of JSON-e templates, run by one engine."""

@@ -1,0 +1,279 @@
+"""The mapping engine: selects the mapping files that apply to a record and renders them.
+
+A mapping file is YAML; its templates are JSON-e (https://json-e.js.org),
+evaluated with the record's data, the cohort patient and the functions of
+`functions.py`. The format is documented key by key in docs/mapping-format.md.
+"""
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import jsone
+import yaml
+
+from ..canonical import MAPPING_TAG_SYSTEM, PSEUDONYM_SYSTEM, profile_url
+from ..connectors.base import SourceRecord
+from ..errors import ConfigurationError, Problem
+from ..privacy.crosswalk import Crosswalk, IdentityConflict
+from ..privacy.guard import Identity, find_leaks
+from ..privacy.pseudonym import KINDS, Pseudonymiser, classify_identifier
+from .conceptmap import ConceptMaps
+from .dates import InvalidDate
+from .functions import template_functions
+from .provenance import provenance_for
+
+REQUIRED_KEYS = ("mapping", "version", "source", "patient", "resources")
+KNOWN_KEYS = set(REQUIRED_KEYS) | {"description", "applies_to", "let", "provenance"}
+RESOURCE_KEYS = {"key", "profile", "for_each", "when", "template"}
+
+
+@dataclass
+class MappingFile:
+    path: Path
+    name: str
+    version: str
+    source: str
+    applies_to: dict
+    let: dict
+    patient: dict
+    resources: list[dict]
+    provenance: dict
+
+    def applies(self, record: SourceRecord) -> bool:
+        for selector, accepted in self.applies_to.items():
+            accepted = accepted if isinstance(accepted, list) else [accepted]
+            if record.selector.get(selector) not in accepted:
+                return False
+        return True
+
+
+@dataclass
+class MappedRecord:
+    record: SourceRecord
+    patient_id: str | None = None
+    resources: list[dict] = field(default_factory=list)
+    mappings: list[MappingFile] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+    identity: Identity = field(default_factory=Identity)
+    recorded: str | None = None
+    source_system: str | None = None
+
+
+def load_mapping_file(path: Path) -> MappingFile:
+    try:
+        content = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        line = f"line {mark.line + 1}: " if mark else ""
+        raise ConfigurationError(f"{path}: {line}invalid YAML: {getattr(error, 'problem', error)}") from None
+    if not isinstance(content, dict):
+        raise ConfigurationError(f"{path}: a mapping file must be a YAML mapping with the keys {', '.join(REQUIRED_KEYS)}")
+    missing = [key for key in REQUIRED_KEYS if key not in content]
+    unknown = sorted(set(content) - KNOWN_KEYS)
+    if missing:
+        raise ConfigurationError(f"{path}: missing key(s) {', '.join(missing)}")
+    if unknown:
+        raise ConfigurationError(f"{path}: unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(KNOWN_KEYS))})")
+    for index, entry in enumerate(content["resources"]):
+        if not isinstance(entry, dict) or "template" not in entry or "key" not in entry:
+            raise ConfigurationError(f"{path}: resources[{index}] needs 'key' and 'template'")
+        extra = sorted(set(entry) - RESOURCE_KEYS)
+        if extra:
+            raise ConfigurationError(f"{path}: resources[{index}]: unknown key(s) {', '.join(extra)}")
+    return MappingFile(
+        path=path,
+        name=str(content["mapping"]),
+        version=str(content["version"]),
+        source=str(content["source"]),
+        applies_to=content.get("applies_to") or {},
+        let=content.get("let") or {},
+        patient=content["patient"],
+        resources=content["resources"],
+        provenance=content.get("provenance") or {},
+    )
+
+
+class MappingEngine:
+    def __init__(self, mappings_dir: Path, pseudonymiser: Pseudonymiser, crosswalk: Crosswalk):
+        self.mappings_dir = mappings_dir
+        self.pseudonymiser = pseudonymiser
+        self.crosswalk = crosswalk
+        self.conceptmaps = ConceptMaps(mappings_dir / "conceptmaps")
+        self._by_source: dict[str, list[MappingFile]] = {}
+
+    def mappings_for(self, source: str) -> list[MappingFile]:
+        if source not in self._by_source:
+            folder = self.mappings_dir / source
+            files = sorted(folder.glob("*.yaml")) if folder.is_dir() else []
+            if not files:
+                raise ConfigurationError(f"no mapping file in {folder}")
+            self._by_source[source] = [load_mapping_file(path) for path in files]
+        return self._by_source[source]
+
+    def map_record(self, record: SourceRecord) -> MappedRecord:
+        result = MappedRecord(record)
+        applicable = [mapping for mapping in self.mappings_for(record.kind) if mapping.applies(record)]
+        if not applicable:
+            described = ", ".join(f"{key}={value}" for key, value in record.selector.items())
+            result.problems.append(
+                Problem(record.origin, record.position, f"no mapping applies to this record ({described})",
+                        f"add a mapping file to {self.mappings_dir / record.kind} or check the input")
+            )
+            return result
+        for mapping in applicable:
+            try:
+                self._apply(mapping, record, result)
+            except _MappingFailure as failure:
+                result.problems.append(Problem(record.origin, record.position, f"{mapping.path.name}: {failure}", failure.fix))
+        if not result.problems and result.patient_id:
+            result.resources = _deduplicate(result.resources)
+            result.resources.append(
+                provenance_for(
+                    record, result.resources, result.mappings,
+                    self.pseudonymiser.resource_id("Provenance", record.kind, record.key),
+                    result.recorded, result.source_system,
+                )
+            )
+            result.problems.extend(find_leaks(result.resources, result.identity, record.where))
+        return result
+
+    # --- one mapping file on one record ---
+
+    def _apply(self, mapping: MappingFile, record: SourceRecord, result: MappedRecord) -> None:
+        functions = template_functions(self.pseudonymiser, self.conceptmaps)
+        context = {**functions, **record.data}
+        for name, expression in mapping.let.items():
+            context[name] = _render(expression, context, f"let.{name}")
+
+        patient_id, identity = self._resolve_patient(mapping, context)
+        result.patient_id = patient_id
+        result.identity.identifiers.extend(identity.identifiers)
+        result.identity.names.extend(identity.names)
+        result.identity.birth_dates.extend(identity.birth_dates)
+        context["patient"] = {"id": patient_id, "reference": f"Patient/{patient_id}"}
+
+        produced: list[dict] = []
+        for index, entry in enumerate(mapping.resources):
+            where = f"resources[{index}]"
+            items = [None]
+            if "for_each" in entry:
+                items = _render(entry["for_each"], context, f"{where}.for_each") or []
+                if not isinstance(items, list):
+                    raise _MappingFailure(f"{where}.for_each must give a list")
+            for item in items:
+                local = dict(context, item=item) if item is not None else context
+                if "when" in entry and not _render({"$eval": entry["when"]}, local, f"{where}.when"):
+                    continue
+                resource = _prune(_render(entry["template"], local, f"{where}.template"))
+                if not isinstance(resource, dict) or "resourceType" not in resource:
+                    raise _MappingFailure(f"{where}.template must give an object with a resourceType")
+                key = _render(entry["key"], local, f"{where}.key")
+                key_parts = [str(part) for part in (key if isinstance(key, list) else [key])]
+                if resource["resourceType"] == "Patient":
+                    # Whatever the template wrote, a Patient carries the pseudonym and nothing else.
+                    resource["id"] = patient_id
+                    resource["identifier"] = [pseudonym_identifier(patient_id)]
+                else:
+                    resource["id"] = self.pseudonymiser.resource_id(resource["resourceType"], *key_parts)
+                meta = resource.setdefault("meta", {})
+                if "profile" in entry:
+                    meta["profile"] = [profile_url(entry["profile"])]
+                meta["tag"] = [{"system": MAPPING_TAG_SYSTEM, "code": f"{mapping.name}@{mapping.version}"}]
+                produced.append(resource)
+
+        if not any(resource["resourceType"] == "Patient" for resource in produced + result.resources):
+            produced.insert(0, minimal_patient(patient_id))
+        result.resources.extend(produced)
+        result.mappings.append(mapping)
+        if mapping.provenance:
+            details = _render(mapping.provenance, context, "provenance") or {}
+            result.recorded = result.recorded or details.get("recorded")
+            result.source_system = result.source_system or details.get("source_system")
+
+    def _resolve_patient(self, mapping: MappingFile, context: dict) -> tuple[str, Identity]:
+        section = mapping.patient
+        identifiers = _render(section.get("identifiers", []), context, "patient.identifiers") or []
+        tokens: list[tuple[str, str]] = []
+        raw_values: list[str] = []
+        for identifier in identifiers:
+            value = str(identifier.get("value") or "").strip()
+            if not value:
+                continue
+            kind = identifier.get("kind") or classify_identifier(identifier.get("system", ""), identifier.get("type", ""))
+            if kind not in KINDS:
+                continue
+            authority = identifier.get("system") or identifier.get("authority") or ""
+            tokens.append((kind, self.pseudonymiser.token(kind, authority, value)))
+            raw_values.append(value)
+        if not tokens:
+            raise _MappingFailure(
+                "no usable patient identifier (INS-NIR, INS-NIA, IPP or platform patient id)",
+                "the record must carry at least one identifier that the mapping's patient.identifiers lists",
+            )
+        try:
+            patient_id = self.crosswalk.resolve(tokens)
+        except IdentityConflict as conflict:
+            raise _MappingFailure(
+                f"identity conflict: the identifiers of this record belong to {conflict}",
+                "merge the two patients at the source (ADT^A40) before loading this record",
+            ) from None
+        identity = Identity(
+            identifiers=raw_values,
+            names=[str(name) for name in _render(section.get("names", []), context, "patient.names") or [] if name],
+            birth_dates=[str(d) for d in _render(section.get("birth_dates", []), context, "patient.birth_dates") or [] if d],
+        )
+        return patient_id, identity
+
+
+class _MappingFailure(Exception):
+    def __init__(self, message: str, fix: str = ""):
+        super().__init__(message)
+        self.fix = fix
+
+
+def minimal_patient(patient_id: str) -> dict:
+    return {
+        "resourceType": "Patient",
+        "id": patient_id,
+        "meta": {"profile": [profile_url("sonco-patient")]},
+        "identifier": [pseudonym_identifier(patient_id)],
+    }
+
+
+def pseudonym_identifier(patient_id: str) -> dict:
+    return {
+        "use": "secondary",
+        "type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue", "code": "PSEUDED"}]},
+        "system": PSEUDONYM_SYSTEM,
+        "value": patient_id,
+    }
+
+
+def _render(template, context: dict, where: str):
+    try:
+        return jsone.render(template, context)
+    except InvalidDate as error:
+        raise _MappingFailure(f"{where}: {error}", "correct the date in the source") from None
+    except jsone.JSONTemplateError as error:
+        raise _MappingFailure(f"{where}: {error}", "fix the template in the mapping file") from None
+    except (ValueError, TypeError, KeyError) as error:
+        raise _MappingFailure(f"{where}: {error}") from None
+
+
+def _prune(node):
+    """Drop None, empty strings, empty lists and empty objects: FHIR JSON allows none of them."""
+    if isinstance(node, dict):
+        pruned = {key: _prune(value) for key, value in node.items()}
+        return {key: value for key, value in pruned.items() if value not in (None, "", [], {})}
+    if isinstance(node, list):
+        pruned = [_prune(value) for value in node]
+        return [value for value in pruned if value not in (None, "", [], {})]
+    return node
+
+
+def _deduplicate(resources: list[dict]) -> list[dict]:
+    """Keep one resource per id; a later mapping's version of the same resource wins."""
+    by_id: dict[tuple[str, str], dict] = {}
+    for resource in resources:
+        by_id[(resource["resourceType"], resource["id"])] = resource
+    return list(by_id.values())

@@ -1,0 +1,1 @@
+"""Pseudonymisation at the door: nothing identifying reaches the cohort server."""

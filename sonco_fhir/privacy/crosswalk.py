@@ -1,0 +1,72 @@
+"""Identity crosswalk: which identifier pseudonyms belong to which cohort patient.
+
+It links the IPP of one hospital, the INS and the SPICE or HYGEN patient
+id of one person, so that every source ends up on the same Patient. It
+stores only HMAC tokens, never a raw identifier, and lives beside the
+adapter (the trusted side), not in the cohort server.
+"""
+
+import sqlite3
+from pathlib import Path
+
+from .pseudonym import KINDS
+
+
+class IdentityConflict(Exception):
+    """The identifiers of one record already belong to two different cohort patients."""
+
+
+class Crosswalk:
+    def __init__(self, path: Path | None, read_only: bool = False):
+        self._overlay: dict[str, str] = {}
+        self._read_only = read_only
+        self._db: sqlite3.Connection | None = None
+        if path is not None and (not read_only or path.exists()):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            uri = f"file:{path}?mode=ro" if read_only else f"file:{path}"
+            self._db = sqlite3.connect(uri, uri=True)
+            if not read_only:
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute(
+                    "CREATE TABLE IF NOT EXISTS identifier_token"
+                    " (token TEXT PRIMARY KEY, kind TEXT NOT NULL, person TEXT NOT NULL)"
+                )
+                self._db.commit()
+
+    def _lookup(self, token: str) -> str | None:
+        if token in self._overlay:
+            return self._overlay[token]
+        if self._db is None:
+            return None
+        row = self._db.execute("SELECT person FROM identifier_token WHERE token = ?", (token,)).fetchone()
+        return row[0] if row else None
+
+    def resolve(self, tokens: list[tuple[str, str]]) -> str:
+        """Return the cohort pseudonym for (kind, token) pairs, recording new links."""
+        if not tokens:
+            raise ValueError("no identifier to resolve")
+        persons = {person for _, token in tokens if (person := self._lookup(token))}
+        if len(persons) > 1:
+            raise IdentityConflict(f"{len(persons)} cohort patients")
+        if persons:
+            person = persons.pop()
+        else:
+            strongest = min(tokens, key=lambda pair: KINDS.index(pair[0]) if pair[0] in KINDS else len(KINDS))
+            person = strongest[1]
+        for kind, token in tokens:
+            if self._lookup(token) is None:
+                self._store(kind, token, person)
+        return person
+
+    def _store(self, kind: str, token: str, person: str) -> None:
+        if self._read_only or self._db is None:
+            self._overlay[token] = person
+            return
+        self._db.execute(
+            "INSERT OR IGNORE INTO identifier_token (token, kind, person) VALUES (?, ?, ?)", (token, kind, person)
+        )
+        self._db.commit()
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
