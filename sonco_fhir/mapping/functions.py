@@ -46,6 +46,51 @@ def first(*values):
     return values[-1] if values else None
 
 
+def cx_identifiers(repetitions: list[dict] | None) -> list[dict]:
+    """HL7 v2 CX repetitions (PID-3) as {value, type, system}: CX-1, CX-5, CX-4.2 else CX-4.1."""
+    identifiers = []
+    for cx in repetitions or []:
+        identifiers.append({"value": cx.get("1"), "type": cx.get("5"), "system": cx.get("4.2") or cx.get("4.1") or ""})
+    return identifiers
+
+
+def xpn_names(*fields: list[dict] | None) -> list[str]:
+    """The family, given and second given names of HL7 v2 XPN fields (PID-5, PID-6)."""
+    return [xpn[key] for repetitions in fields for xpn in repetitions or [] for key in ("1", "2", "3") if xpn.get(key)]
+
+
+def result_items(orders: list[dict], control_id: str) -> dict:
+    """Split ORU order groups into reports, single observations and variant groups.
+
+    An OBX group whose sub-id (OBX-4) holds a LOINC 69548-6 (Genetic variant
+    assessment) becomes one variant with the group's other OBX as components;
+    every other OBX becomes its own observation.
+    """
+    reports, observations, variants = [], [], []
+    for index, order in enumerate(orders, start=1):
+        obr = order["OBR"]
+        order_id = obr.get("3") or obr.get("2") or f"{control_id}-{obr.get('1') or index}"
+        genomic = obr.get("4.1") == "51969-4"
+        report = {"order_id": order_id, "OBR": obr, "results": []}
+        for group in group_by_sub_id(order["OBX"]):
+            assessment = group["by_code"].get("69548-6")
+            if group["sub_id"] and assessment is not None:
+                genomic = True
+                components = [seg for seg in group["segments"] if seg is not assessment]
+                variants.append({"order_id": order_id, "sub_id": group["sub_id"], "assessment": assessment, "components": components})
+                report["results"].append(["variant", order_id, group["sub_id"]])
+                continue
+            for seg in group["segments"]:
+                if seg.get("2") == "ED":
+                    continue  # encapsulated documents are not observations
+                set_id = seg.get("1") or str(seg["_line"])
+                observations.append({"order_id": order_id, "set_id": set_id, "OBX": seg, "genomic": bool(group["sub_id"])})
+                report["results"].append(["observation", order_id, set_id])
+        report["genomic"] = genomic
+        reports.append(report)
+    return {"reports": reports, "observations": observations, "variants": variants}
+
+
 def template_functions(pseudonymiser: Pseudonymiser, conceptmaps: ConceptMaps) -> dict:
     def ref(resource_type, *key):
         return f"{resource_type}/{pseudonymiser.resource_id(resource_type, *[str(part) for part in key])}"
@@ -60,8 +105,50 @@ def template_functions(pseudonymiser: Pseudonymiser, conceptmaps: ConceptMaps) -
     def matches(value, pattern):
         return bool(re.search(pattern, value or ""))
 
+    def cwe(segment, field_number):
+        """HL7 v2 CE/CWE field as a FHIR Coding; the coding system name goes through a code table."""
+        prefix = str(field_number)
+        code_value = segment.get(f"{prefix}.1") or segment.get(prefix)
+        if not code_value:
+            return None
+        system = conceptmaps.translate("v2-0396-coding-system", segment.get(f"{prefix}.3"))
+        coding = {"system": system["code"] if system else None, "code": code_value, "display": segment.get(f"{prefix}.2")}
+        return {key: value for key, value in coding.items() if value}
+
+    def obx_value(segment):
+        """The value[x] of an OBX, chosen by its value type (OBX-2), with its unit (OBX-6)."""
+        value_type = segment.get("2", "")
+        text = segment.get("5")
+        if text is None:
+            return {}
+        if value_type == "NM":
+            quantity = {"value": number(text), "unit": segment.get("6.2") or segment.get("6")}
+            if segment.get("6"):
+                quantity.update({"system": "http://unitsofmeasure.org", "code": segment.get("6")})
+            return {"valueQuantity": {key: value for key, value in quantity.items() if value is not None}}
+        if value_type == "SN":
+            comparator, value = segment.get("5.1"), segment.get("5.2")
+            quantity = {"value": number(value)}
+            if comparator in ("<", "<=", ">=", ">"):
+                quantity["comparator"] = comparator
+            return {"valueQuantity": quantity}
+        if value_type in ("CE", "CWE", "CNE", "CF"):
+            if segment.get("5.2") or segment.get("5.3"):
+                return {"valueCodeableConcept": {"coding": [cwe(segment, 5)]}}
+            return {"valueCodeableConcept": {"text": text}}
+        if value_type in ("DT", "TS", "DTM"):
+            return {"valueDateTime": v2_datetime(text)}
+        if value_type == "NR":
+            return {"valueRange": {"low": {"value": number(segment.get("5.1"))}, "high": {"value": number(segment.get("5.2"))}}}
+        return {"valueString": text}
+
     return {
         "ref": ref,
+        "cwe": cwe,
+        "obx_value": obx_value,
+        "cx_identifiers": cx_identifiers,
+        "xpn_names": xpn_names,
+        "result_items": result_items,
         "code": code,
         "code_only": code_only,
         "v2_datetime": v2_datetime,

@@ -45,6 +45,8 @@ def find_leaks(resources: list[dict], identity: Identity, origin: str) -> list[P
     identifiers = [value for value in identity.identifiers if len(value) >= MIN_IDENTIFIER_LENGTH]
     names = [value.lower() for value in identity.names if len(value) >= MIN_NAME_LENGTH]
     birth_forms = [form for value in identity.birth_dates for form in _birth_date_forms(value)]
+    # Whole tokens only: an IPP "000003" must not match the RefSeq accession "NC_000003.12".
+    identifier_patterns = [re.compile(rf"(?<![\w.]){re.escape(value)}(?![\w.])") for value in identifiers]
     name_patterns = [re.compile(rf"(?<!\w){re.escape(name)}(?!\w)") for name in names]
 
     problems = []
@@ -54,7 +56,7 @@ def find_leaks(resources: list[dict], identity: Identity, origin: str) -> list[P
             if path.endswith(".id") or ".reference" in path or path.endswith(".fullUrl"):
                 continue
             lowered = text.lower()
-            if any(value in text for value in identifiers):
+            if any(pattern.search(text) for pattern in identifier_patterns):
                 problems.append(Problem(origin, path, "contains a patient identifier", "fix the mapping so it drops the identifier"))
             elif any(pattern.search(lowered) for pattern in name_patterns):
                 problems.append(Problem(origin, path, "contains a patient name", "fix the mapping so it drops the name"))

@@ -1,0 +1,1 @@
+"""Build, start and stop the HAPI FHIR JPA server of `server/`."""
