@@ -1,0 +1,41 @@
+# Set-up and main entry points. `make demo` and `make test` do all set-up on a fresh machine.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+JAR := server/target/sonco-fhir-server.jar
+SERVER_SOURCES := server/pom.xml $(shell find server/src -type f 2>/dev/null)
+
+.PHONY: install server-build demo demo-stop test clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+server-build: $(JAR)
+
+$(JAR): $(SERVER_SOURCES)
+	mvn -B -q -f server/pom.xml package -DskipTests
+	touch $@
+
+# The demo's data (HAPI database, pseudonymisation key, identity crosswalk) lives in var/.
+demo: install server-build
+	$(BIN)/sonco-fhir key init
+	$(BIN)/sonco-fhir server start
+	-$(BIN)/sonco-fhir ingest hl7v2 examples/hl7v2
+	-$(BIN)/sonco-fhir ingest fhir examples/fhir
+	-$(BIN)/sonco-fhir ingest spice examples/spice
+	-$(BIN)/sonco-fhir ingest hygen examples/hygen
+	$(BIN)/sonco-fhir indicators
+
+demo-stop: install
+	$(BIN)/sonco-fhir server stop
+
+test: install server-build
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(VENV) server/target var .pytest_cache
