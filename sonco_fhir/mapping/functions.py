@@ -3,9 +3,10 @@
 import re
 from decimal import Decimal, InvalidOperation
 
+from ..connectors.fhir import reference_lookup_key
 from ..privacy.pseudonym import Pseudonymiser
 from .conceptmap import ConceptMaps
-from .dates import export_date, export_datetime, v2_date, v2_datetime, year
+from .dates import InvalidDate, export_date, export_datetime, v2_date, v2_datetime, year
 
 
 def group_by_sub_id(segments: list[dict]) -> list[dict]:
@@ -33,6 +34,20 @@ def number(value):
     except InvalidOperation:
         raise ValueError(f"'{value}' is not a number") from None
     return int(parsed) if parsed == parsed.to_integral_value() and "." not in text else float(text)
+
+
+def instant(value):
+    """An export date or date-time as a FHIR instant; a date alone is taken at 12:00 Europe/Paris.
+
+    Noon keeps the calendar day the same in Paris time and in UTC, so day
+    counts between dates do not change when a reader converts to UTC.
+    """
+    result = export_datetime(value)
+    if result is None or "T" in result:
+        return result
+    if len(result) < len("2024-01-31"):
+        raise InvalidDate(f"'{value}' is not a full date: an instant needs the day, month and year")
+    return export_datetime(f"{result}T12:00")
 
 
 def first(*values):
@@ -142,6 +157,29 @@ def template_functions(pseudonymiser: Pseudonymiser, conceptmaps: ConceptMaps) -
             return {"valueRange": {"low": {"value": number(segment.get("5.1"))}, "high": {"value": number(segment.get("5.2"))}}}
         return {"valueString": text}
 
+    def fhir_ref(references, element, types):
+        """Rewrite FHIR source Reference(s) to the SONCO resources that `ref(type, "fhir", key)` names.
+
+        `references` is the record's table from the FHIR connector; `element` is one
+        Reference or a list. A reference is dropped (null, or left out of the list) unless
+        its target is a record of the same run and its type is in `types`, so that no
+        output reference dangles: the server checks references on write.
+        """
+        def rewrite(reference):
+            target = (references or {}).get(reference_lookup_key(reference))
+            if not target or not target.get("record") or target.get("type") not in types:
+                return None
+            return {"reference": ref(target["type"], "fhir", target["key"])}
+
+        if isinstance(element, list):
+            return [rewritten for rewritten in (rewrite(item) for item in element) if rewritten]
+        return rewrite(element) if element else None
+
+    def fhir_resource(references, element):
+        """Return the resource a FHIR Reference points at (in the input files or contained), or null."""
+        target = (references or {}).get(reference_lookup_key(element)) if element else None
+        return target.get("resource") if target else None
+
     return {
         "ref": ref,
         "cwe": cwe,
@@ -155,9 +193,12 @@ def template_functions(pseudonymiser: Pseudonymiser, conceptmaps: ConceptMaps) -
         "v2_date": v2_date,
         "date": export_date,
         "datetime": export_datetime,
+        "instant": instant,
         "year": year,
         "number": number,
         "matches": matches,
         "first": first,
         "group_by_sub_id": group_by_sub_id,
+        "fhir_ref": fhir_ref,
+        "fhir_resource": fhir_resource,
     }
