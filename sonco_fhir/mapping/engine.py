@@ -131,6 +131,7 @@ class MappingEngine:
                 provenance_for(
                     record, result.resources, result.mappings,
                     self.pseudonymiser.resource_id("Provenance", record.kind, record.key),
+                    self.pseudonymiser.digest("source-file", record.origin),
                     result.recorded, result.source_system,
                 )
             )
@@ -202,7 +203,8 @@ class MappingEngine:
             kind = identifier.get("kind") or classify_identifier(identifier.get("system", ""), identifier.get("type", ""))
             if kind not in KINDS:
                 continue
-            authority = identifier.get("system") or identifier.get("authority") or ""
+            # HL7 v2 sends an assigning authority's OID bare, FHIR as urn:oid:, so both link.
+            authority = (identifier.get("system") or identifier.get("authority") or "").removeprefix("urn:oid:")
             tokens.append((kind, self.pseudonymiser.token(kind, authority, value)))
             raw_values.append(value)
         if not tokens:

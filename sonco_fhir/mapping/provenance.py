@@ -1,12 +1,14 @@
 """The Provenance the engine adds to every mapped record."""
 
 from .. import __version__
-from ..canonical import profile_url
+from ..canonical import CANONICAL_BASE, profile_url
+
+SOURCE_FILE_SYSTEM = f"{CANONICAL_BASE}/NamingSystem/sonco-source-file"
 
 _PARTICIPANT = "http://terminology.hl7.org/CodeSystem/provenance-participant-type"
 
 
-def provenance_for(record, resources: list[dict], mappings: list, provenance_id: str,
+def provenance_for(record, resources: list[dict], mappings: list, provenance_id: str, file_digest: str,
                    recorded: str | None, source_system: str | None) -> dict:
     """Say where the record came from, and which adapter and mapping versions produced it."""
     versions = ", ".join(f"{m.name}@{m.version}" for m in mappings)
@@ -28,5 +30,15 @@ def provenance_for(record, resources: list[dict], mappings: list, provenance_id:
                 "who": {"display": source_system or record.kind},
             },
         ],
-        "entity": [{"role": "source", "what": {"display": f"{record.kind} {record.where}"}}],
+        # File names may hold a patient's name, so the file is named by a keyed digest:
+        # the adapter's side recomputes it to trace a resource back to its input.
+        "entity": [
+            {
+                "role": "source",
+                "what": {
+                    "identifier": {"system": SOURCE_FILE_SYSTEM, "value": file_digest},
+                    "display": f"{record.kind} {record.position}",
+                },
+            }
+        ],
     }

@@ -30,6 +30,8 @@ INS_NIA_OIDS = {"1.2.250.1.213.1.4.9"}
 def classify_identifier(system: str, type_code: str = "") -> str | None:
     """Return the identifier kind of a (system, type) pair, or None when unknown."""
     oid = system.removeprefix("urn:oid:")
+    if type_code == "NH":
+        return None  # the billing NIR shares the INS OID but may be a parent's number
     if oid in INS_NIR_OIDS or type_code in ("INS-NIR", "INS-NIR-TEST", "INS-NIR-DEMO"):
         return "INS-NIR"
     if oid in INS_NIA_OIDS or type_code == "INS-NIA":
