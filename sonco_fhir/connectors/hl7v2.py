@@ -24,6 +24,10 @@ _GROUP_MEMBERS = ("OBX", "NTE", "SPM", "TQ1", "PRT", "CTI")
 ALWAYS_PRESENT = ("EVN", "PID", "PD1", "PV1", "PV2", "MRG", "ORC", "OBR", "TXA", "SPM", "ZBE", "ZFD", "ZFA")
 
 
+class MessageError(ValueError):
+    """A message that cannot be parsed, with a reason that quotes no field value."""
+
+
 def split_messages(text: str) -> list[tuple[int, str]]:
     """Split a file's text into (first line number, message) pairs.
 
@@ -113,9 +117,9 @@ def _group_orders(segments: list[dict]) -> list[dict]:
 def message_record(origin: str, start_line: int, text: str, index: int) -> SourceRecord:
     """Parse one message; raise ValueError with a readable reason when it cannot be parsed."""
     if not text.startswith("MSH"):
-        raise ValueError("the message does not start with an MSH segment")
+        raise MessageError("the message does not start with an MSH segment")
     if len(text) < 9:
-        raise ValueError("the MSH segment is truncated")
+        raise MessageError("the MSH segment is truncated")
     message = hl7.parse(text)
     segments = []
     for offset, segment in enumerate(message):
@@ -166,8 +170,10 @@ def read_files(paths: list[Path]) -> ReadResult:
             try:
                 result.records.append(message_record(origin, start_line, message_text, index))
             except (ValueError, IndexError, KeyError) as error:
+                # Only our own messages are shown: a library's may quote the segment text.
+                reason = str(error) if isinstance(error, MessageError) else type(error).__name__
                 result.problems.append(
-                    Problem(origin, f"line {start_line} (message {index})", f"HL7 v2 message cannot be parsed: {error}",
+                    Problem(origin, f"line {start_line} (message {index})", f"HL7 v2 message cannot be parsed: {reason}",
                             "each message must start with MSH and use the separators declared in MSH-1 and MSH-2")
                 )
     return result

@@ -22,6 +22,15 @@ class InvalidDate(ValueError):
     pass
 
 
+def shape(value: str) -> str:
+    """The form of a value without its content: digits as 9, letters as A.
+
+    Error messages show this instead of the value, since a bad date may be
+    a birth date.
+    """
+    return re.sub(r"[^\W\d_]", "A", re.sub(r"\d", "9", value))
+
+
 def _offset(tz: str) -> str:
     if tz == "Z":
         return "+00:00"
@@ -59,11 +68,11 @@ def v2_datetime(value: str | None, zone: str = DEFAULT_ZONE) -> str | None:
         return None
     match = _V2_TS.match(value.strip())
     if not match:
-        raise InvalidDate(f"'{value}' is not an HL7 v2 timestamp (YYYY[MM[DD[HH[MM[SS[.S]]]]]][+/-ZZZZ])")
+        raise InvalidDate(f"invalid HL7 v2 timestamp of the form '{shape(value)}' (expected YYYY[MM[DD[HH[MM[SS[.S]]]]]][+/-ZZZZ])")
     try:
         return _compose(match.groupdict(), zone)
     except ValueError as error:
-        raise InvalidDate(f"'{value}' is not a valid date: {error}") from None
+        raise InvalidDate(f"invalid date of the form '{shape(value)}': {error}") from None
 
 
 def v2_date(value: str | None) -> str | None:
@@ -80,11 +89,11 @@ def export_datetime(value: str | None, zone: str = DEFAULT_ZONE) -> str | None:
     text = str(value).strip()
     match = _FR_DATE.match(text) or _ISO.match(text)
     if not match:
-        raise InvalidDate(f"'{text}' is not a date (expected JJ/MM/AAAA, JJ/MM/AAAA HH:MM or ISO 8601 AAAA-MM-JJ)")
+        raise InvalidDate(f"invalid date of the form '{shape(text)}' (expected JJ/MM/AAAA, JJ/MM/AAAA HH:MM or ISO 8601 AAAA-MM-JJ)")
     try:
         return _compose(match.groupdict(), zone)
     except ValueError as error:
-        raise InvalidDate(f"'{text}' is not a valid date: {error}") from None
+        raise InvalidDate(f"invalid date of the form '{shape(text)}': {error}") from None
 
 
 def export_date(value: str | None) -> str | None:

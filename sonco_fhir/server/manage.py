@@ -46,6 +46,15 @@ def _exited(pid: int) -> bool:
     return False
 
 
+def _log_tail(path: Path, lines: int = 20) -> str:
+    """The last lines of the server log, so a failed start explains itself."""
+    try:
+        content = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return ""
+    return "\n" + "\n".join(content[-lines:])
+
+
 def jar_path(settings: Settings) -> Path:
     return settings.server_dir / "target" / JAR_NAME
 
@@ -79,7 +88,8 @@ def build(settings: Settings, force: bool = False) -> Path:
             stdout=handle, stderr=subprocess.STDOUT, check=False,
         )
     if completed.returncode != 0 or not jar_path(settings).exists():
-        raise SoncoError(t("server.build_failed", code=completed.returncode, log=build_log), ExitCode.SERVER_BUILD_FAILED)
+        message = t("server.build_failed", code=completed.returncode, log=build_log) + _log_tail(build_log)
+        raise SoncoError(message, ExitCode.SERVER_BUILD_FAILED)
     return jar_path(settings)
 
 
@@ -138,11 +148,16 @@ def start_server(settings: Settings) -> str:
     while time.monotonic() - started < START_TIMEOUT_SECONDS:
         if process is not None and process.poll() is not None:
             _pid_file(settings).unlink(missing_ok=True)
-            raise SoncoError(t("server.exited", code=process.returncode, log=server_log), ExitCode.SERVER_BUILD_FAILED)
+            message = t("server.exited", code=process.returncode, log=server_log) + _log_tail(server_log)
+            raise SoncoError(message, ExitCode.SERVER_BUILD_FAILED)
         if _metadata_ok(url):
             return t("server.started", url=url, seconds=round(time.monotonic() - started), pid=pid)
         time.sleep(1)
-    raise SoncoError(t("server.start_failed", seconds=START_TIMEOUT_SECONDS, log=server_log), ExitCode.SERVER_BUILD_FAILED)
+    if process is not None:
+        process.terminate()  # do not leave a half-started server holding the port and the database
+        _pid_file(settings).unlink(missing_ok=True)
+    message = t("server.start_failed", seconds=START_TIMEOUT_SECONDS, log=server_log) + _log_tail(server_log)
+    raise SoncoError(message, ExitCode.SERVER_BUILD_FAILED)
 
 
 def stop_server(settings: Settings) -> str:
