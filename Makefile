@@ -39,3 +39,8 @@ test: install server-build
 
 clean:
 	rm -rf $(VENV) server/target var .pytest_cache
+
+# FHIR package (.tgz) of the conformance resources under profiles/, written to build/.
+.PHONY: profiles-package
+profiles-package: install
+	$(BIN)/python -m sonco_fhir.profiles.package
