@@ -16,7 +16,7 @@ import requests
 from typer.testing import CliRunner
 
 from sonco_fhir.cli.main import build_app
-from conftest import REPOSITORY
+from conftest import REPOSITORY, TEST_KEY
 
 pytestmark = pytest.mark.server
 
@@ -49,6 +49,7 @@ def loaded(hapi, tmp_path_factory):
     """Ingest all examples twice with one crosswalk; return the snapshots and CLI results."""
     patch = pytest.MonkeyPatch()
     patch.setenv("SONCO_FHIR_URL", hapi)
+    patch.setenv("SONCO_PSEUDONYM_KEY", TEST_KEY)
     patch.setenv("SONCO_DATA_DIR", str(tmp_path_factory.mktemp("e2e")))
     first = [invoke("ingest", kind, str(path)) for kind, path in SOURCES if path.exists()]
     after_first = snapshot(hapi)
@@ -68,7 +69,7 @@ def test_second_ingest_changes_nothing(loaded):
     for result in loaded["second"]:
         assert result.exit_code == 0, result.output
     assert loaded["after_second"] == loaded["after_first"]
-    assert len(loaded["after_first"]["ServiceRequest"]) == 11  # 5 SPICE (one prescribed only) + 6 HYGEN
+    assert len(loaded["after_first"]["ServiceRequest"]) == 13  # 6 SPICE and 7 HYGEN requests
 
 
 def test_indicator_values(loaded):
