@@ -10,6 +10,7 @@ from .connectors import hl7v2 as hl7v2_connector
 from .connectors import tabular
 from .connectors.base import ReadResult
 from .errors import ConfigurationError, Problem
+from .i18n import t
 from .loading.bundle import transaction_bundle
 from .loading.hapi import BundleRejected, FhirServer
 from .loading.patients import merge_patient
@@ -96,8 +97,8 @@ def load_records(mapped_records: list[MappedRecord], server: FhirServer, summary
             server.transaction(transaction_bundle(resources))
         except BundleRejected as rejection:
             summary.problems.append(
-                Problem(mapped.record.origin, mapped.record.position, f"rejected by the FHIR server: {rejection}",
-                        "correct the record or the mapping, then ingest the file again")
+                Problem(mapped.record.origin, mapped.record.position, t("problem.rejected_by_server", reason=rejection),
+                        t("problem.rejected_by_server.fix"))
             )
             log.warning("record at %s rejected by the FHIR server (HTTP %s)", mapped.record.where, rejection.status)
             continue

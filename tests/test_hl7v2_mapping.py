@@ -147,3 +147,14 @@ def test_unsupported_message_type_is_set_aside():
 
     assert summary.records_rejected == 1
     assert "OML" in summary.problems[0].message
+
+
+def test_problem_in_both_languages():
+    from sonco_fhir import i18n
+
+    _, summary = map_files("hl7v2", MICROSOFT / "ORU-R01-RMGEAD.hl7")
+    assert "aucun identifiant patient utilisable" in summary.problems[0].message
+
+    i18n.set_language("en")
+    _, summary = map_files("hl7v2", MICROSOFT / "ORU-R01-RMGEAD.hl7")
+    assert "no usable patient identifier" in summary.problems[0].message

@@ -20,8 +20,11 @@ def _value_text(row) -> str:
     if row.value is None:
         return "—"
     if row.measure == DELAY_MEASURE:
-        return i18n.t("indicator.days", value=f"{row.value:g}")
-    return f"{row.value * 100:.1f} %" if i18n.language() == "fr" else f"{row.value * 100:.1f}%"
+        text = i18n.t("indicator.days", value=f"{row.value:g}")
+    else:
+        text = i18n.t("indicator.percent", value=f"{row.value * 100:.1f}")
+    # French writes a decimal comma.
+    return text.replace(".", ",") if i18n.language() == "fr" else text
 
 
 def _detail_text(row) -> str:

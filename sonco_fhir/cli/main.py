@@ -44,7 +44,7 @@ def build_app() -> typer.Typer:
     @app.callback()
     def main(lang: str = typer.Option(i18n.DEFAULT_LANGUAGE, "--lang", help=t("opt.lang"))):
         i18n.set_language(lang)
-        logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+        logging.basicConfig(level=logging.WARNING, format="%(message)s")
 
     @app.command("map", help=t("cmd.map"))
     def map_command(

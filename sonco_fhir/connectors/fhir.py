@@ -17,6 +17,7 @@ from pathlib import Path
 import yaml
 
 from ..config import load_settings
+from ..i18n import t
 from ..errors import ConfigurationError, Problem
 from ..i18n import language
 from ..privacy.pseudonym import classify_identifier
@@ -715,9 +716,6 @@ def _infer_bundle_patients(reader: _Reader) -> None:
 def _log_skipped(reader: _Reader) -> None:
     if reader.skipped_types:
         described = ", ".join(f"{name} {count}" for name, count in sorted(reader.skipped_types.items()))
-        log.warning(
-            "%d resources not read, of types missing from files.resource_types in connectors/fhir.yaml: %s",
-            sum(reader.skipped_types.values()), described,
-        )
+        log.warning(t("fhir.skipped_types", count=sum(reader.skipped_types.values()), types=described))
     if reader.entries_without_resource:
-        log.warning("%d Bundle entries without a resource (DELETE or GET requests, responses) not read", reader.entries_without_resource)
+        log.warning(t("fhir.entries_without_resource", count=reader.entries_without_resource))

@@ -12,6 +12,7 @@ from pathlib import Path
 import hl7
 
 from ..errors import Problem
+from ..i18n import t
 from .base import ReadResult, SourceRecord, expand_paths
 
 SUFFIXES = (".hl7", ".er7", ".txt", ".msg")
@@ -117,9 +118,9 @@ def _group_orders(segments: list[dict]) -> list[dict]:
 def message_record(origin: str, start_line: int, text: str, index: int) -> SourceRecord:
     """Parse one message; raise ValueError with a readable reason when it cannot be parsed."""
     if not text.startswith("MSH"):
-        raise MessageError("the message does not start with an MSH segment")
+        raise MessageError(t("problem.v2_no_msh"))
     if len(text) < 9:
-        raise MessageError("the MSH segment is truncated")
+        raise MessageError(t("problem.v2_truncated_msh"))
     message = hl7.parse(text)
     segments = []
     for offset, segment in enumerate(message):
@@ -156,7 +157,7 @@ def read_files(paths: list[Path]) -> ReadResult:
         try:
             raw = path.read_bytes()
         except OSError as error:
-            result.problems.append(Problem(origin, "file", f"cannot be read: {error.strerror}"))
+            result.problems.append(Problem(origin, "file", t("problem.unreadable", reason=error.strerror)))
             continue
         try:
             text = raw.decode("utf-8")
@@ -165,7 +166,7 @@ def read_files(paths: list[Path]) -> ReadResult:
             text = raw.decode("latin-1")
         messages = split_messages(text)
         if not messages:
-            result.problems.append(Problem(origin, "file", "contains no HL7 v2 message", "check the file is HL7 v2 (ER7) text"))
+            result.problems.append(Problem(origin, "file", t("problem.v2_empty"), t("problem.v2_empty.fix")))
         for index, (start_line, message_text) in enumerate(messages, start=1):
             try:
                 result.records.append(message_record(origin, start_line, message_text, index))
@@ -173,7 +174,7 @@ def read_files(paths: list[Path]) -> ReadResult:
                 # Only our own messages are shown: a library's may quote the segment text.
                 reason = str(error) if isinstance(error, MessageError) else type(error).__name__
                 result.problems.append(
-                    Problem(origin, f"line {start_line} (message {index})", f"HL7 v2 message cannot be parsed: {reason}",
-                            "each message must start with MSH and use the separators declared in MSH-1 and MSH-2")
+                    Problem(origin, f"line {start_line} (message {index})", t("problem.v2_unparseable", reason=reason),
+                            t("problem.v2_unparseable.fix"))
                 )
     return result

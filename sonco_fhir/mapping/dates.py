@@ -8,6 +8,8 @@ import re
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
+from ..i18n import t
+
 DEFAULT_ZONE = "Europe/Paris"
 
 _V2_TS = re.compile(
@@ -68,11 +70,11 @@ def v2_datetime(value: str | None, zone: str = DEFAULT_ZONE) -> str | None:
         return None
     match = _V2_TS.match(value.strip())
     if not match:
-        raise InvalidDate(f"invalid HL7 v2 timestamp of the form '{shape(value)}' (expected YYYY[MM[DD[HH[MM[SS[.S]]]]]][+/-ZZZZ])")
+        raise InvalidDate(t("problem.invalid_v2_timestamp", form=shape(value)))
     try:
         return _compose(match.groupdict(), zone)
     except ValueError as error:
-        raise InvalidDate(f"invalid date of the form '{shape(value)}': {error}") from None
+        raise InvalidDate(t("problem.invalid_date", form=shape(value), reason=error)) from None
 
 
 def v2_date(value: str | None) -> str | None:
@@ -89,11 +91,11 @@ def export_datetime(value: str | None, zone: str = DEFAULT_ZONE) -> str | None:
     text = str(value).strip()
     match = _FR_DATE.match(text) or _ISO.match(text)
     if not match:
-        raise InvalidDate(f"invalid date of the form '{shape(text)}' (expected JJ/MM/AAAA, JJ/MM/AAAA HH:MM or ISO 8601 AAAA-MM-JJ)")
+        raise InvalidDate(t("problem.invalid_export_date", form=shape(text)))
     try:
         return _compose(match.groupdict(), zone)
     except ValueError as error:
-        raise InvalidDate(f"invalid date of the form '{shape(text)}': {error}") from None
+        raise InvalidDate(t("problem.invalid_date", form=shape(text), reason=error)) from None
 
 
 def export_date(value: str | None) -> str | None:

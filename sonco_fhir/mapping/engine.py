@@ -14,6 +14,7 @@ import yaml
 from ..canonical import MAPPING_TAG_SYSTEM, PSEUDONYM_SYSTEM, profile_url
 from ..connectors.base import SourceRecord
 from ..errors import ConfigurationError, Problem
+from ..i18n import t
 from ..privacy.crosswalk import Crosswalk, IdentityConflict
 from ..privacy.guard import Identity, find_leaks
 from ..privacy.pseudonym import KINDS, Pseudonymiser, classify_identifier
@@ -116,8 +117,8 @@ class MappingEngine:
         if not applicable:
             described = ", ".join(f"{key}={value}" for key, value in record.selector.items())
             result.problems.append(
-                Problem(record.origin, record.position, f"no mapping applies to this record ({described})",
-                        f"add a mapping file to {self.mappings_dir / record.kind} or check the input")
+                Problem(record.origin, record.position, t("problem.no_mapping", selector=described),
+                        t("problem.no_mapping.fix", folder=self.mappings_dir / record.kind))
             )
             return result
         for mapping in applicable:
@@ -160,14 +161,14 @@ class MappingEngine:
             if "for_each" in entry:
                 items = _render(entry["for_each"], context, f"{where}.for_each") or []
                 if not isinstance(items, list):
-                    raise _MappingFailure(f"{where}.for_each must give a list")
+                    raise _MappingFailure(t("problem.for_each_not_list", where=where), t("problem.template.fix"))
             for item in items:
                 local = dict(context, item=item) if item is not None else context
                 if "when" in entry and not _render({"$eval": entry["when"]}, local, f"{where}.when"):
                     continue
                 resource = _prune(_render(entry["template"], local, f"{where}.template"))
                 if not isinstance(resource, dict) or "resourceType" not in resource:
-                    raise _MappingFailure(f"{where}.template must give an object with a resourceType")
+                    raise _MappingFailure(t("problem.template_not_resource", where=where), t("problem.template.fix"))
                 key = _render(entry["key"], local, f"{where}.key")
                 key_parts = [str(part) for part in (key if isinstance(key, list) else [key])]
                 if resource["resourceType"] == "Patient":
@@ -208,17 +209,11 @@ class MappingEngine:
             tokens.append((kind, self.pseudonymiser.token(kind, authority, value)))
             raw_values.append(value)
         if not tokens:
-            raise _MappingFailure(
-                "no usable patient identifier (INS-NIR, INS-NIA, IPP or platform patient id)",
-                "the record must carry at least one identifier that the mapping's patient.identifiers lists",
-            )
+            raise _MappingFailure(t("problem.no_patient_identifier"), t("problem.no_patient_identifier.fix"))
         try:
             patient_id = self.crosswalk.resolve(tokens)
         except IdentityConflict as conflict:
-            raise _MappingFailure(
-                f"identity conflict: the identifiers of this record belong to {conflict}",
-                "merge the two patients at the source (ADT^A40) before loading this record",
-            ) from None
+            raise _MappingFailure(t("problem.identity_conflict", count=conflict.count), t("problem.identity_conflict.fix")) from None
         identity = Identity(
             identifiers=raw_values,
             names=[str(name) for name in _render(section.get("names", []), context, "patient.names") or [] if name],
@@ -255,9 +250,9 @@ def _render(template, context: dict, where: str):
     try:
         return jsone.render(template, context)
     except InvalidDate as error:
-        raise _MappingFailure(f"{where}: {error}", "correct the date in the source") from None
+        raise _MappingFailure(f"{where}: {error}", t("problem.date.fix")) from None
     except jsone.JSONTemplateError as error:
-        raise _MappingFailure(f"{where}: {error}", "fix the template in the mapping file") from None
+        raise _MappingFailure(f"{where}: {error}", t("problem.template.fix")) from None
     except (ValueError, TypeError, KeyError) as error:
         raise _MappingFailure(f"{where}: {error}") from None
 

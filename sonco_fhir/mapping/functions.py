@@ -6,7 +6,8 @@ from decimal import Decimal, InvalidOperation
 from ..connectors.fhir import reference_lookup_key
 from ..privacy.pseudonym import Pseudonymiser
 from .conceptmap import ConceptMaps
-from .dates import InvalidDate, export_date, export_datetime, v2_date, v2_datetime, year
+from ..i18n import t
+from .dates import shape, InvalidDate, export_date, export_datetime, v2_date, v2_datetime, year
 
 
 def group_by_sub_id(segments: list[dict]) -> list[dict]:
@@ -46,7 +47,7 @@ def instant(value):
     if result is None or "T" in result:
         return result
     if len(result) < len("2024-01-31"):
-        raise InvalidDate(f"'{value}' is not a full date: an instant needs the day, month and year")
+        raise InvalidDate(t("problem.instant_needs_day", form=shape(str(value))))
     return export_datetime(f"{result}T12:00")
 
 

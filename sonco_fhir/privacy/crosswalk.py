@@ -15,6 +15,10 @@ from .pseudonym import KINDS
 class IdentityConflict(Exception):
     """The identifiers of one record already belong to two different cohort patients."""
 
+    def __init__(self, count: int):
+        super().__init__(f"{count} cohort patients")
+        self.count = count
+
 
 class Crosswalk:
     def __init__(self, path: Path | None, read_only: bool = False):
@@ -47,7 +51,7 @@ class Crosswalk:
             raise ValueError("no identifier to resolve")
         persons = {person for _, token in tokens if (person := self._lookup(token))}
         if len(persons) > 1:
-            raise IdentityConflict(f"{len(persons)} cohort patients")
+            raise IdentityConflict(len(persons))
         if persons:
             person = persons.pop()
         else:

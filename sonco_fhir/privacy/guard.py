@@ -9,6 +9,7 @@ import re
 from dataclasses import dataclass, field
 
 from ..errors import Problem
+from ..i18n import t
 
 MIN_IDENTIFIER_LENGTH = 4
 MIN_NAME_LENGTH = 3
@@ -57,9 +58,9 @@ def find_leaks(resources: list[dict], identity: Identity, origin: str) -> list[P
                 continue
             lowered = text.lower()
             if any(pattern.search(text) for pattern in identifier_patterns):
-                problems.append(Problem(origin, path, "contains a patient identifier", "fix the mapping so it drops the identifier"))
+                problems.append(Problem(origin, path, t("problem.leak_identifier"), t("problem.leak_identifier.fix")))
             elif any(pattern.search(lowered) for pattern in name_patterns):
-                problems.append(Problem(origin, path, "contains a patient name", "fix the mapping so it drops the name"))
+                problems.append(Problem(origin, path, t("problem.leak_name"), t("problem.leak_name.fix")))
             elif any(form in text for form in birth_forms):
-                problems.append(Problem(origin, path, "contains the full birth date", "keep only the birth year"))
+                problems.append(Problem(origin, path, t("problem.leak_birth_date"), t("problem.leak_birth_date.fix")))
     return problems
