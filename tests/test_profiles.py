@@ -454,9 +454,7 @@ def _inputs() -> list[tuple[str, tuple[Path, ...]]]:
     return inputs
 
 
-# NOTE: obx_value() in sonco_fhir/mapping/functions.py labels every OBX-6 unit as UCUM, and this
-# message's units (tera.l-1, giga.l-1) are not UCUM, so the validator rejects the Quantity.
-KNOWN_FAILURES = {"LAB-ORU-1.hl7": "OBX-6 units that are not UCUM are written with the UCUM system"}
+KNOWN_FAILURES: dict[str, str] = {}
 INPUTS = _inputs()
 
 
@@ -483,7 +481,10 @@ def test_mapped_resources_conform(hapi, kind, paths):
     assert_mapped_resources_conform(hapi, kind, paths)
 
 
-@pytest.mark.server
-@pytest.mark.xfail(strict=True, reason=KNOWN_FAILURES["LAB-ORU-1.hl7"])
-def test_mapped_lab_units_conform(hapi):
-    assert_mapped_resources_conform(hapi, "hl7v2", (CASES / "hl7v2-microsoft-fhir-converter" / "LAB-ORU-1.hl7",))
+def test_local_units_not_coded_as_ucum():
+    # LAB-ORU-1 sends OBX-6 units such as tera.l-1 with no coding system: they stay text.
+    resources, _ = map_files("hl7v2", CASES / "hl7v2-microsoft-fhir-converter" / "LAB-ORU-1.hl7")
+    quantities = [r["valueQuantity"] for r in resources if "valueQuantity" in r]
+
+    assert quantities
+    assert all("system" not in quantity for quantity in quantities)

@@ -139,7 +139,8 @@ def template_functions(pseudonymiser: Pseudonymiser, conceptmaps: ConceptMaps) -
             return {}
         if value_type == "NM":
             quantity = {"value": number(text), "unit": segment.get("6.2") or segment.get("6")}
-            if segment.get("6"):
+            # Only a unit that OBX-6.3 names as UCUM is coded; local units stay text.
+            if segment.get("6") and segment.get("6.3") == "UCUM":
                 quantity.update({"system": "http://unitsofmeasure.org", "code": segment.get("6")})
             return {"valueQuantity": {key: value for key, value in quantity.items() if value is not None}}
         if value_type == "SN":
