@@ -33,7 +33,7 @@ def number(value):
     try:
         parsed = Decimal(text)
     except InvalidOperation:
-        raise ValueError(f"'{value}' is not a number") from None
+        raise ValueError(t("problem.not_a_number", form=shape(str(value)))) from None
     return int(parsed) if parsed == parsed.to_integral_value() and "." not in text else float(text)
 
 
@@ -145,9 +145,12 @@ def template_functions(pseudonymiser: Pseudonymiser, conceptmaps: ConceptMaps) -
             return {"valueQuantity": {key: value for key, value in quantity.items() if value is not None}}
         if value_type == "SN":
             comparator, value = segment.get("5.1"), segment.get("5.2")
-            quantity = {"value": number(value)}
+            quantity = {"value": number(value), "unit": segment.get("6.2") or segment.get("6")}
             if comparator in ("<", "<=", ">=", ">"):
                 quantity["comparator"] = comparator
+            if segment.get("6") and segment.get("6.3") == "UCUM":
+                quantity.update({"system": "http://unitsofmeasure.org", "code": segment.get("6")})
+            quantity = {key: value for key, value in quantity.items() if value is not None}
             return {"valueQuantity": quantity}
         if value_type in ("CE", "CWE", "CNE", "CF"):
             if segment.get("5.2") or segment.get("5.3"):
