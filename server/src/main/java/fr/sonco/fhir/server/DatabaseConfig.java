@@ -5,6 +5,7 @@ import java.io.UncheckedIOException;
 import java.nio.file.Files;
 import java.nio.file.Path;
 import java.util.Properties;
+import java.util.regex.Pattern;
 
 import javax.sql.DataSource;
 
@@ -27,6 +28,7 @@ import ca.uhn.fhir.jpa.api.config.JpaStorageSettings;
 import ca.uhn.fhir.jpa.config.util.HapiEntityManagerFactoryUtil;
 import ca.uhn.fhir.jpa.model.dialect.HapiFhirH2Dialect;
 import ca.uhn.fhir.jpa.model.dialect.HapiFhirPostgresDialect;
+
 import jakarta.persistence.EntityManagerFactory;
 
 /**
@@ -41,6 +43,8 @@ public class DatabaseConfig {
     /** Base name of the H2 database files inside {@code ${sonco.data-dir}/h2/}. */
     static final String H2_DATABASE_NAME = "sonco-fhir";
 
+    private static final Pattern PASSWORD_PARAMETER = Pattern.compile("(?i)(password=)[^&;]*");
+
     /**
      * Creates the Hikari pool from {@code spring.datasource.*} and {@code spring.datasource.hikari.*}.
      * For H2 without an explicit URL, the URL points at a file database under the data directory.
@@ -49,7 +53,7 @@ public class DatabaseConfig {
     @ConfigurationProperties("spring.datasource.hikari")
     public HikariDataSource dataSource(DataSourceProperties dataSourceProperties, SoncoProperties soncoProperties) {
         String jdbcUrl = resolveJdbcUrl(dataSourceProperties.getUrl(), soncoProperties);
-        log.info("Database: {} at {}", soncoProperties.getDb(), jdbcUrl);
+        log.info("Database: {} at {}", soncoProperties.getDb(), redactPassword(jdbcUrl));
         return dataSourceProperties.initializeDataSourceBuilder()
                 .type(HikariDataSource.class)
                 .url(jdbcUrl)
@@ -79,7 +83,7 @@ public class DatabaseConfig {
     }
 
     /**
-     * Returns the JDBC URL to use, checking that it matches {@code sonco.db}.
+     * Resolves the JDBC URL to use and checks that it matches {@code sonco.db}.
      *
      * @throws IllegalStateException if the URL is missing for PostgreSQL or belongs to the other database kind
      */
@@ -111,6 +115,11 @@ public class DatabaseConfig {
         }
     }
 
+    /** Replaces the value of a {@code password=} URL parameter, so the URL can be logged. */
+    static String redactPassword(String jdbcUrl) {
+        return PASSWORD_PARAMETER.matcher(jdbcUrl).replaceAll("$1***");
+    }
+
     /**
      * Creates {@code DATA_DIR/h2/} if missing and returns the file-database URL inside it.
      * DB_CLOSE_ON_EXIT=FALSE leaves closing to the pool at Spring shutdown, so H2's own JVM
@@ -128,8 +137,9 @@ public class DatabaseConfig {
     }
 
     /**
-     * Builds the Hibernate settings. HAPI's own dialects are used because HAPI FHIR documents
-     * them as required for its schema (sequences, LOB handling).
+     * Builds the Hibernate settings. HAPI's dialect subclasses are used because they drop the enum
+     * check constraints that Hibernate 6 would add, keeping the schema equal to the one HAPI's
+     * migrations create, and because HAPI code reads the database kind from them.
      */
     private static Properties hibernateProperties(SoncoProperties.DatabaseKind databaseKind) {
         Properties properties = new Properties();

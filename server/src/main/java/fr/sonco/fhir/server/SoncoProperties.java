@@ -1,6 +1,7 @@
 package fr.sonco.fhir.server;
 
 import java.nio.file.Path;
+import java.time.Duration;
 
 import org.springframework.boot.context.properties.ConfigurationProperties;
 
@@ -17,17 +18,33 @@ public class SoncoProperties {
         POSTGRESQL
     }
 
-    /** Directory for server state; the embedded H2 database lives in its {@code h2/} subdirectory. */
+    /** Directory for server state. The embedded H2 database is in its {@code h2/} subdirectory. */
     private Path dataDir = Path.of("data");
 
-    /** Directory scanned recursively for FHIR conformance resources ({@code *.json}) at startup; unset skips loading. */
+    /**
+     * Directory scanned recursively for FHIR conformance resources ({@code *.json}) at startup.
+     * When unset, nothing is loaded.
+     */
     private Path profilesDir;
 
-    /** Database kind; selects the Hibernate dialect and the default JDBC URL. */
+    /** Database kind, which selects the Hibernate dialect and the default JDBC URL. */
     private DatabaseKind db = DatabaseKind.H2;
 
-    /** Maximum time, in seconds, that a request arriving during startup waits for the server to become ready. */
+    /** Maximum time, in seconds, that a request arriving during startup waits for the server to be ready. */
     private long startupRequestWaitSeconds = 300;
+
+    /**
+     * Whether a batch2 job step that produces one work chunk starts the next step at once. The
+     * javadoc of HAPI FHIR's {@code JpaStorageSettings} calls this useful for tests and not
+     * recommended for production.
+     */
+    private boolean jobFastTracking = true;
+
+    /**
+     * Interval of HAPI's batch2 maintenance pass, which starts queued jobs and advances their steps.
+     * HAPI FHIR's default is one minute.
+     */
+    private Duration jobMaintenanceInterval = Duration.ofSeconds(5);
 
     public Path getDataDir() {
         return dataDir;
@@ -51,6 +68,22 @@ public class SoncoProperties {
 
     public void setDb(DatabaseKind db) {
         this.db = db;
+    }
+
+    public boolean isJobFastTracking() {
+        return jobFastTracking;
+    }
+
+    public void setJobFastTracking(boolean jobFastTracking) {
+        this.jobFastTracking = jobFastTracking;
+    }
+
+    public Duration getJobMaintenanceInterval() {
+        return jobMaintenanceInterval;
+    }
+
+    public void setJobMaintenanceInterval(Duration jobMaintenanceInterval) {
+        this.jobMaintenanceInterval = jobMaintenanceInterval;
     }
 
     public long getStartupRequestWaitSeconds() {
