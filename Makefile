@@ -18,7 +18,7 @@ $(VENV)/.installed: pyproject.toml
 server-build: $(JAR)
 
 $(JAR): $(SERVER_SOURCES)
-	mvn -B -q -f server/pom.xml package -DskipTests
+	mvn -B -q -Dstyle.color=never -f server/pom.xml package -DskipTests
 	touch $@
 
 # The demo's data (HAPI database, pseudonymisation key, identity crosswalk) lives in var/.
