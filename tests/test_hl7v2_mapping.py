@@ -158,3 +158,17 @@ def test_problem_in_both_languages():
     i18n.set_language("en")
     _, summary = map_files("hl7v2", MICROSOFT / "ORU-R01-RMGEAD.hl7")
     assert "no usable patient identifier" in summary.problems[0].message
+
+
+def test_cli_language_from_environment(monkeypatch):
+    from typer.testing import CliRunner
+
+    from sonco_fhir import i18n
+    from sonco_fhir.cli.main import build_app
+
+    monkeypatch.setenv("SONCO_LANG", "en")
+    i18n.set_language(i18n.detect_language([]))
+    result = CliRunner().invoke(build_app(), ["map", "hl7v2", str(ANS / "SGL_admission_ADT_A01.er7")])
+
+    assert result.exit_code == 0
+    assert "record(s) read, 1 mapped" in result.stderr

@@ -43,7 +43,7 @@ def build_app() -> typer.Typer:
     app = typer.Typer(help=t("app.help"), no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 
     @app.callback()
-    def main(lang: str = typer.Option(i18n.DEFAULT_LANGUAGE, "--lang", help=t("opt.lang"))):
+    def main(lang: str = typer.Option(i18n.language(), "--lang", help=t("opt.lang"))):
         i18n.set_language(lang)
         logging.basicConfig(level=logging.WARNING, format="%(message)s")
 
