@@ -40,14 +40,14 @@ class RunSummary:
 def read_source(kind: str, paths: list[Path], settings: Settings) -> ReadResult:
     missing = [str(path) for path in paths if not path.exists()]
     if missing:
-        raise ConfigurationError(f"not found: {', '.join(missing)}")
+        raise ConfigurationError(t("input.not_found", paths=", ".join(missing)))
     if kind == "hl7v2":
         return hl7v2_connector.read_files(paths)
     if kind == "fhir":
         return fhir_connector.read_files(paths)
     if kind in ("spice", "hygen"):
         return tabular.read_files(kind, paths, settings)
-    raise ConfigurationError(f"unknown source kind '{kind}' (known: {', '.join(SOURCE_KINDS)})")
+    raise ConfigurationError(t("input.unknown_kind", kind=kind, known=", ".join(SOURCE_KINDS)))
 
 
 def build_engine(settings: Settings, read_only: bool) -> MappingEngine:

@@ -172,3 +172,29 @@ def test_cli_language_from_environment(monkeypatch):
 
     assert result.exit_code == 0
     assert "record(s) read, 1 mapped" in result.stderr
+
+
+def test_cli_bad_input_exit_code(tmp_path):
+    from typer.testing import CliRunner
+
+    from sonco_fhir.cli.main import build_app
+
+    bad = tmp_path / "garbage.hl7"
+    bad.write_text("this is not HL7\n", encoding="utf-8")
+    result = CliRunner().invoke(build_app(), ["map", "hl7v2", str(bad), str(ANS / "SGL_admission_ADT_A01.er7")])
+
+    assert result.exit_code == 1
+    assert f"{bad}: line 1 (message 1)" in result.stderr
+    assert "2 enregistrement(s) lus, 1 transformé(s), 1 mis de côté" in result.stderr
+    assert '"resourceType": "Patient"' in result.stdout  # the good file still maps
+
+
+def test_cli_missing_file_exit_code():
+    from typer.testing import CliRunner
+
+    from sonco_fhir.cli.main import build_app
+
+    result = CliRunner().invoke(build_app(), ["map", "hl7v2", "/nonexistent/file.hl7"])
+
+    assert result.exit_code == 3
+    assert "/nonexistent/file.hl7" in result.stderr
