@@ -9,7 +9,7 @@ from .connectors import fhir as fhir_connector
 from .connectors import hl7v2 as hl7v2_connector
 from .connectors import tabular
 from .connectors.base import ReadResult
-from .errors import ConfigurationError, Problem
+from .errors import ExitCode, Problem, SoncoError
 from .i18n import t
 from .loading.bundle import transaction_bundle
 from .loading.hapi import BundleRejected, FhirServer
@@ -37,17 +37,23 @@ class RunSummary:
         return self.records_read - (self.records_loaded if self.loading else self.records_mapped)
 
 
+def check_kind(kind: str) -> None:
+    if kind not in SOURCE_KINDS:
+        raise SoncoError(t("input.unknown_kind", kind=kind, known=", ".join(SOURCE_KINDS)), ExitCode.USAGE)
+
+
 def read_source(kind: str, paths: list[Path], settings: Settings) -> ReadResult:
+    check_kind(kind)
     missing = [str(path) for path in paths if not path.exists()]
     if missing:
-        raise ConfigurationError(t("input.not_found", paths=", ".join(missing)))
+        raise SoncoError(t("input.not_found", paths=", ".join(missing)), ExitCode.INPUT_UNREADABLE)
     if kind == "hl7v2":
         return hl7v2_connector.read_files(paths)
     if kind == "fhir":
         return fhir_connector.read_files(paths)
     if kind in ("spice", "hygen"):
         return tabular.read_files(kind, paths, settings)
-    raise ConfigurationError(t("input.unknown_kind", kind=kind, known=", ".join(SOURCE_KINDS)))
+    raise SoncoError(t("input.unknown_kind", kind=kind, known=", ".join(SOURCE_KINDS)), ExitCode.USAGE)
 
 
 def build_engine(settings: Settings, read_only: bool) -> MappingEngine:
@@ -100,7 +106,6 @@ def load_records(mapped_records: list[MappedRecord], server: FhirServer, summary
                 Problem(mapped.record.origin, mapped.record.position, t("problem.rejected_by_server", reason=rejection),
                         t("problem.rejected_by_server.fix"))
             )
-            log.warning("record at %s rejected by the FHIR server (HTTP %s)", mapped.record.where, rejection.status)
             continue
         summary.records_loaded += 1
         summary.resources += len(resources)

@@ -119,7 +119,7 @@ def test_unparseable_message_reports_place(tmp_path):
     resources, summary = map_files("hl7v2", bad)
 
     assert len(summary.problems) == 1
-    assert "line 1" in summary.problems[0].location
+    assert "ligne 1" in summary.problems[0].location
     assert "MSH" in summary.problems[0].message
     assert len(of_type(resources, "Patient")) == 1  # the message after the bad one still maps
 
@@ -184,7 +184,7 @@ def test_cli_bad_input_exit_code(tmp_path):
     result = CliRunner().invoke(build_app(), ["map", "hl7v2", str(bad), str(ANS / "SGL_admission_ADT_A01.er7")])
 
     assert result.exit_code == 1
-    assert f"{bad}: line 1 (message 1)" in result.stderr
+    assert f"{bad}: ligne 1 (message 1)" in result.stderr
     assert "2 enregistrement(s) lus, 1 transformé(s), 1 mis de côté" in result.stderr
     assert '"resourceType": "Patient"' in result.stdout  # the good file still maps
 
@@ -196,5 +196,16 @@ def test_cli_missing_file_exit_code():
 
     result = CliRunner().invoke(build_app(), ["map", "hl7v2", "/nonexistent/file.hl7"])
 
-    assert result.exit_code == 3
+    assert result.exit_code == 6
     assert "/nonexistent/file.hl7" in result.stderr
+
+
+def test_cli_unknown_kind_exit_code():
+    from typer.testing import CliRunner
+
+    from sonco_fhir.cli.main import build_app
+
+    result = CliRunner().invoke(build_app(), ["ingest", "bogus", "examples"])
+
+    assert result.exit_code == 2
+    assert "bogus" in result.stderr

@@ -5,7 +5,9 @@ The server tests use the session's HAPI (fixture `hapi`), which loads profiles/ 
 
 import copy
 import json
+import subprocess
 import tarfile
+import time
 from pathlib import Path
 
 import pytest
@@ -17,7 +19,7 @@ from sonco_fhir.mapping.provenance import SOURCE_FILE_SYSTEM
 from sonco_fhir.profiles import EXAMPLES_DIR, FHIR_VERSION, PACKAGE_NAME, PACKAGE_VERSION, read_resources
 from sonco_fhir.profiles import docs as profile_docs
 from sonco_fhir.profiles import package as profile_package
-from conftest import CASES, REPOSITORY
+from conftest import CASES, REPOSITORY, _free_port
 from helpers import map_files
 
 PROFILES_DIR = REPOSITORY / "profiles"
@@ -42,7 +44,7 @@ REQUIRED_PROFILES = {
     "sonco-task-sequencing-failure", "sonco-specimen", "sonco-diagnosticreport", "sonco-observation",
     "sonco-observation-variant", "sonco-observation-biomarker", "sonco-observation-genomic",
     "sonco-careplan-rcp-aval", "sonco-condition", "sonco-medicationstatement", "sonco-provenance",
-    "sonco-measurereport", "sonco-consent", "sonco-procedure-sequencing",
+    "sonco-measure", "sonco-measurereport", "sonco-consent", "sonco-procedure-sequencing",
     "sonco-observation-therapeutic-implication", "sonco-observation-fusion", "sonco-observation-copy-number",
 }
 
@@ -308,6 +310,22 @@ def test_example_validates(hapi, name):
     assert errors == [], f"{name}:\n  {describe(errors)}"
 
 
+def test_measures_declare_profile():
+    for measure in of_type("Measure"):
+        assert measure.get("meta", {}).get("profile") == [profile_url("sonco-measure")], measure["id"]
+
+
+# NOTE: the indicator Measures give their criteria as text with language text/plain, a code that
+# FHIR R4's expression-language code system lacks, so HAPI reports "Unknown code" errors on them.
+@pytest.mark.server
+@pytest.mark.xfail(strict=True, reason="criteria.language text/plain is not an R4 expression-language code")
+@pytest.mark.parametrize("measure", of_type("Measure"), ids=lambda measure: measure["id"])
+def test_measure_validates(hapi, measure):
+    errors = errors_of(validation_issues(hapi, measure, profile_url("sonco-measure")))
+
+    assert errors == [], f"{measure['id']}:\n  {describe(errors)}"
+
+
 def _patient_with_ins(patient):
     patient["identifier"].append({
         "type": {"coding": [{"system": "https://hl7.fr/ig/fhir/core/CodeSystem/fr-core-cs-v2-0203", "code": "INS-NIR"}]},
@@ -410,6 +428,16 @@ BROKEN = [
      lambda r: r["entity"][0]["what"]["identifier"].update(system="urn:example:file"), "sonco-prov-1"),
     ("provenance-without-assembler", "Provenance-sonco-provenance-example.json",
      lambda r: r["agent"].pop(0), "Provenance.agent:assembler': a matching slice is required"),
+    ("measure-foreign-url", "Measure-sonco-measure-example.json",
+     lambda r: r.update(url="http://example.org/Measure/delay"), "sonco-ms-1"),
+    ("measure-without-scoring", "Measure-sonco-measure-example.json",
+     lambda r: r.pop("scoring"), "Measure.scoring: minimum required = 1"),
+    ("measure-without-aggregate-method", "Measure-sonco-measure-example.json",
+     lambda r: r["group"][0]["population"][2].pop("extension"), "sonco-ms-2"),
+    ("measure-continuous-without-observation", "Measure-sonco-measure-example.json",
+     lambda r: r["group"][0]["population"].pop(2), "sonco-ms-2"),
+    ("measure-population-without-code", "Measure-sonco-measure-example.json",
+     lambda r: r["group"][0]["population"][0].pop("code"), "Measure.group.population.code: minimum required = 1"),
     ("measurereport-individual", "MeasureReport-sonco-measurereport-example.json",
      lambda r: r.update(type="individual"), "but is fixed to 'summary'"),
     ("measurereport-foreign-measure", "MeasureReport-sonco-measurereport-example.json",
@@ -436,6 +464,91 @@ def test_broken_example_rejected(hapi, case, name, change, expected):
 def test_broken_cases_cover_every_profile():
     covered = {EXAMPLES[name]["meta"]["profile"][0] for _, name, _, _ in BROKEN}
     assert sorted(set(STRUCTURES) - covered) == []
+
+
+# --- a second HAPI server that installs the built FHIR package itself (sonco.profiles-package) ---
+
+
+@pytest.fixture(scope="module")
+def package_server(hapi, tmp_path_factory):
+    """Start a HAPI server given only `--sonco.profiles-package`; yield its FHIR base URL and log path.
+
+    It depends on `hapi` so that the session has already built server/target/sonco-fhir-server.jar.
+    """
+    from sonco_fhir.server.manage import JAR_NAME, JAVA_OPTIONS, START_TIMEOUT_SECONDS
+
+    folder = tmp_path_factory.mktemp("package-server")
+    package = profile_package.write_package(PROFILES_DIR, folder / "build")
+    port = _free_port()
+    base_url = f"http://127.0.0.1:{port}/fhir"
+    server_log = folder / "hapi.log"
+    command = [
+        "java", *JAVA_OPTIONS, "-jar", str(REPOSITORY / "server" / "target" / JAR_NAME),
+        f"--server.port={port}", f"--sonco.data-dir={folder / 'data'}", f"--sonco.profiles-package={package}",
+    ]
+    with open(server_log, "w", encoding="utf-8") as handle:
+        process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + START_TIMEOUT_SECONDS
+        while not _metadata_ready(base_url, timeout=max(deadline - time.monotonic(), 1)):
+            if process.poll() is not None:
+                pytest.fail(f"the package server exited with code {process.returncode}; see {server_log}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"the package server was not ready within {START_TIMEOUT_SECONDS} s; see {server_log}")
+            time.sleep(1)
+        yield base_url, server_log
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def _metadata_ready(base_url: str, timeout: float) -> bool:
+    # The server holds requests that arrive during startup, so a short timeout would end in a broken pipe there.
+    try:
+        return requests.get(f"{base_url}/metadata", timeout=timeout).status_code == 200
+    except requests.RequestException:
+        return False
+
+
+@pytest.mark.server
+def test_package_install_logged(package_server):
+    _, server_log = package_server
+    lines = server_log.read_text(encoding="utf-8", errors="replace").splitlines()
+
+    installed = [line for line in lines if f"Installed FHIR package {PACKAGE_NAME}#{PACKAGE_VERSION}" in line]
+    assert len(installed) == 1, "no summary line of the package installation in the server log"
+    assert f"{len(RESOURCES)} resources created or updated" in installed[0], installed[0]
+    errors = [line for line in lines if " ERROR " in line and "ConformancePackageInstaller" in line]
+    assert errors == []
+    assert not any("Loading conformance resources from" in line for line in lines)
+
+
+@pytest.mark.server
+def test_package_resources_on_server(package_server):
+    base_url, _ = package_server
+    for resource in RESOURCES:
+        if "url" not in resource:
+            continue
+        found = requests.get(f"{base_url}/{resource['resourceType']}", params={"url": resource["url"]}, timeout=30).json()
+        assert found.get("total") == 1, f"{resource['url']} is not on the package server"
+
+
+@pytest.mark.server
+def test_package_profile_validates(package_server):
+    base_url, _ = package_server
+    patient = EXAMPLES["Patient-sonco-patient-example.json"]
+    broken = copy.deepcopy(patient)
+    broken.pop("identifier")
+
+    valid_errors = errors_of(validation_issues(base_url, patient, profile_url("sonco-patient")))
+    broken_errors = errors_of(validation_issues(base_url, broken, profile_url("sonco-patient")))
+
+    assert valid_errors == [], describe(valid_errors)
+    assert any("Patient.identifier: minimum required = 1" in error for error in broken_errors), describe(broken_errors)
 
 
 # --- every resource the connectors produce from the examples and the real cases ---

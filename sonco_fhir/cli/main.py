@@ -44,6 +44,8 @@ def build_app() -> typer.Typer:
 
     @app.callback()
     def main(lang: str = typer.Option(i18n.language(), "--lang", help=t("opt.lang"))):
+        if lang not in i18n.LANGUAGES:
+            raise typer.BadParameter(f"{lang} ({', '.join(i18n.LANGUAGES)})", param_hint="--lang")
         i18n.set_language(lang)
         logging.basicConfig(level=logging.WARNING, format="%(message)s")
 
@@ -81,10 +83,11 @@ def build_app() -> typer.Typer:
     ):
         from ..config import load_settings
         from ..loading.hapi import FhirServer
-        from ..pipeline import build_engine, load_records, map_source
+        from ..pipeline import build_engine, check_kind, load_records, map_source
 
         settings = load_settings()
         try:
+            check_kind(kind)
             server = FhirServer(settings.fhir_url)
             if not server.is_up():
                 from ..errors import ServerError

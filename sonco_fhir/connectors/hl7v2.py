@@ -143,7 +143,7 @@ def message_record(origin: str, start_line: int, text: str, index: int) -> Sourc
     return SourceRecord(
         kind="hl7v2",
         origin=origin,
-        position=f"line {start_line} (message {index})",
+        position=t("position.line_message", line=start_line, index=index),
         key=key,
         data=data,
         selector={"message_type": message_type, "trigger_event": event},
@@ -174,7 +174,7 @@ def read_files(paths: list[Path]) -> ReadResult:
                 # Only our own messages are shown: a library's may quote the segment text.
                 reason = str(error) if isinstance(error, MessageError) else type(error).__name__
                 result.problems.append(
-                    Problem(origin, f"line {start_line} (message {index})", t("problem.v2_unparseable", reason=reason),
+                    Problem(origin, t("position.line_message", line=start_line, index=index), t("problem.v2_unparseable", reason=reason),
                             t("problem.v2_unparseable.fix"))
                 )
     return result
