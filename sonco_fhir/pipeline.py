@@ -26,11 +26,18 @@ SOURCE_KINDS = ("hl7v2", "fhir", "spice", "hygen")
 @dataclass
 class RunSummary:
     records_read: int = 0
+    records_parsed: int = 0  # read without a connector problem
     records_mapped: int = 0
     records_loaded: int = 0
     resources: int = 0
     problems: list[Problem] = field(default_factory=list)
     loading: bool = False
+
+    @property
+    def exit_code(self) -> ExitCode:
+        if self.records_parsed == 0:
+            return ExitCode.INPUT_UNREADABLE
+        return ExitCode.RECORDS_REJECTED if self.records_rejected else ExitCode.OK
 
     @property
     def records_rejected(self) -> int:
@@ -64,7 +71,8 @@ def build_engine(settings: Settings, read_only: bool) -> MappingEngine:
 
 def map_source(kind: str, paths: list[Path], settings: Settings, engine: MappingEngine) -> tuple[list[MappedRecord], RunSummary]:
     read = read_source(kind, paths, settings)
-    summary = RunSummary(records_read=len(read.records) + len(read.problems), problems=list(read.problems))
+    summary = RunSummary(records_read=len(read.records) + len(read.problems), records_parsed=len(read.records),
+                         problems=list(read.problems))
     mapped_records = []
     for record in read.records:
         mapped = engine.map_record(record)

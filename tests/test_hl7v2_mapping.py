@@ -189,6 +189,18 @@ def test_cli_bad_input_exit_code(tmp_path):
     assert '"resourceType": "Patient"' in result.stdout  # the good file still maps
 
 
+def test_cli_nothing_readable_exit_code(tmp_path):
+    from typer.testing import CliRunner
+
+    from sonco_fhir.cli.main import build_app
+
+    bad = tmp_path / "garbage.hl7"
+    bad.write_text("this is not HL7\n", encoding="utf-8")
+    result = CliRunner().invoke(build_app(), ["map", "hl7v2", str(bad)])
+
+    assert result.exit_code == 6
+
+
 def test_cli_missing_file_exit_code():
     from typer.testing import CliRunner
 

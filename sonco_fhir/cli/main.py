@@ -73,8 +73,8 @@ def build_app() -> typer.Typer:
         else:
             print(text)
         print_summary(summary, mapped_only=True)
-        if summary.records_rejected:
-            raise typer.Exit(int(ExitCode.RECORDS_REJECTED))
+        if summary.exit_code != ExitCode.OK:
+            raise typer.Exit(int(summary.exit_code))
 
     @app.command("ingest", help=t("cmd.ingest"))
     def ingest_command(
@@ -99,8 +99,8 @@ def build_app() -> typer.Typer:
         except SoncoError as error:
             fail(error)
         print_summary(summary, mapped_only=False)
-        if summary.records_rejected:
-            raise typer.Exit(int(ExitCode.RECORDS_REJECTED))
+        if summary.exit_code != ExitCode.OK:
+            raise typer.Exit(int(summary.exit_code))
 
     key_app = typer.Typer(help=t("cmd.key"), no_args_is_help=True)
     app.add_typer(key_app, name="key")
