@@ -315,10 +315,7 @@ def test_measures_declare_profile():
         assert measure.get("meta", {}).get("profile") == [profile_url("sonco-measure")], measure["id"]
 
 
-# NOTE: the indicator Measures give their criteria as text with language text/plain, a code that
-# FHIR R4's expression-language code system lacks, so HAPI reports "Unknown code" errors on them.
 @pytest.mark.server
-@pytest.mark.xfail(strict=True, reason="criteria.language text/plain is not an R4 expression-language code")
 @pytest.mark.parametrize("measure", of_type("Measure"), ids=lambda measure: measure["id"])
 def test_measure_validates(hapi, measure):
     errors = errors_of(validation_issues(hapi, measure, profile_url("sonco-measure")))

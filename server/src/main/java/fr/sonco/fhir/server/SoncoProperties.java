@@ -27,6 +27,12 @@ public class SoncoProperties {
      */
     private Path profilesDir;
 
+    /**
+     * FHIR NPM package ({@code .tgz}) installed at startup through HAPI's package installer, before
+     * {@code profilesDir} is loaded. When unset, no package is installed.
+     */
+    private Path profilesPackage;
+
     /** Database kind, which selects the Hibernate dialect and the default JDBC URL. */
     private DatabaseKind db = DatabaseKind.H2;
 
@@ -60,6 +66,14 @@ public class SoncoProperties {
 
     public void setProfilesDir(Path profilesDir) {
         this.profilesDir = profilesDir;
+    }
+
+    public Path getProfilesPackage() {
+        return profilesPackage;
+    }
+
+    public void setProfilesPackage(Path profilesPackage) {
+        this.profilesPackage = profilesPackage;
     }
 
     public DatabaseKind getDb() {
