@@ -58,9 +58,7 @@ def read_source(kind: str, paths: list[Path], settings: Settings) -> ReadResult:
         return hl7v2_connector.read_files(paths)
     if kind == "fhir":
         return fhir_connector.read_files(paths)
-    if kind in ("spice", "hygen"):
-        return tabular.read_files(kind, paths, settings)
-    raise SoncoError(t("input.unknown_kind", kind=kind, known=", ".join(SOURCE_KINDS)), ExitCode.USAGE)
+    return tabular.read_files(kind, paths, settings)  # spice or hygen, as check_kind made sure
 
 
 def build_engine(settings: Settings, read_only: bool) -> MappingEngine:
@@ -85,7 +83,7 @@ def map_source(kind: str, paths: list[Path], settings: Settings, engine: Mapping
 
 
 def merged_bundle(mapped_records: list[MappedRecord]) -> dict:
-    """One transaction bundle with every resource once, as `map` prints it."""
+    """Merge the records into one transaction bundle with every resource once, as `map` prints it."""
     by_id: dict[tuple[str, str], dict] = {}
     for mapped in mapped_records:
         for resource in mapped.resources:

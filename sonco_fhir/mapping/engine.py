@@ -65,22 +65,22 @@ def load_mapping_file(path: Path) -> MappingFile:
         content = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
-        line = f"line {mark.line + 1}: " if mark else ""
-        raise ConfigurationError(f"{path}: {line}invalid YAML: {getattr(error, 'problem', error)}") from None
+        line = t("mapping.line", line=mark.line + 1) if mark else ""
+        raise ConfigurationError(t("mapping.invalid_yaml", path=path, line=line, reason=getattr(error, "problem", error))) from None
     if not isinstance(content, dict):
-        raise ConfigurationError(f"{path}: a mapping file must be a YAML mapping with the keys {', '.join(REQUIRED_KEYS)}")
+        raise ConfigurationError(t("mapping.not_a_mapping", path=path, keys=", ".join(REQUIRED_KEYS)))
     missing = [key for key in REQUIRED_KEYS if key not in content]
     unknown = sorted(set(content) - KNOWN_KEYS)
     if missing:
-        raise ConfigurationError(f"{path}: missing key(s) {', '.join(missing)}")
+        raise ConfigurationError(t("mapping.missing_keys", path=path, keys=", ".join(missing)))
     if unknown:
-        raise ConfigurationError(f"{path}: unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(KNOWN_KEYS))})")
+        raise ConfigurationError(t("mapping.unknown_keys", path=path, keys=", ".join(unknown), known=", ".join(sorted(KNOWN_KEYS))))
     for index, entry in enumerate(content["resources"]):
         if not isinstance(entry, dict) or "template" not in entry or "key" not in entry:
-            raise ConfigurationError(f"{path}: resources[{index}] needs 'key' and 'template'")
+            raise ConfigurationError(t("mapping.resource_needs_keys", path=path, index=index))
         extra = sorted(set(entry) - RESOURCE_KEYS)
         if extra:
-            raise ConfigurationError(f"{path}: resources[{index}]: unknown key(s) {', '.join(extra)}")
+            raise ConfigurationError(t("mapping.resource_unknown_keys", path=path, index=index, keys=", ".join(extra), known=", ".join(sorted(RESOURCE_KEYS))))
     return MappingFile(
         path=path,
         name=str(content["mapping"]),
@@ -107,7 +107,7 @@ class MappingEngine:
             folder = self.mappings_dir / source
             files = sorted(folder.glob("*.yaml")) if folder.is_dir() else []
             if not files:
-                raise ConfigurationError(f"no mapping file in {folder}")
+                raise ConfigurationError(t("mapping.none_in_folder", folder=folder))
             self._by_source[source] = [load_mapping_file(path) for path in files]
         return self._by_source[source]
 
