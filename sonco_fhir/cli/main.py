@@ -120,11 +120,13 @@ def build_app() -> typer.Typer:
     from .server_commands import register as register_server
     from .indicator_commands import register as register_indicators
 
+    from .listen_commands import register as register_listen
     from .view_commands import register as register_views
 
     register_server(app)
     register_indicators(app)
     register_views(app)
+    register_listen(app)
     return app
 
 
