@@ -86,6 +86,8 @@ def build_app() -> typer.Typer:
         from ..pipeline import build_engine, check_kind, load_records, map_source
 
         settings = load_settings()
+        described = ", ".join(f"{name}={value}" for name, value in settings.describe().items())
+        err.print(t("settings.line", values=described), markup=False)
         try:
             check_kind(kind)
             server = FhirServer(settings.fhir_url)
