@@ -27,10 +27,12 @@ def register(app: typer.Typer) -> None:
         max_frame_bytes: int = typer.Option(16 * 1024 * 1024, "--max-frame-bytes", min=1024,
                                             help=text("opt.listen.max_frame_bytes")),
         read_timeout: float = typer.Option(30.0, "--read-timeout", min=0.1, help=text("opt.listen.read_timeout")),
+        load: bool = typer.Option(True, "--load/--no-load", help=text("opt.listen.load")),
     ):
         from ..config import load_settings
         from ..connectors.mllp import MllpListener, server_tls_context
         from ..connectors.store import MessageStore, store_path
+        from ..connectors.worker import LoadingThread
         from ..errors import ConfigurationError, ExitCode, SoncoError
         from .main import err, fail
 
@@ -52,6 +54,14 @@ def register(app: typer.Typer) -> None:
         except SoncoError as error:
             fail(error)
 
+        worker = LoadingThread(store) if load else None
+        if worker is not None:
+            try:
+                worker.start()
+            except SoncoError as error:
+                store.close()
+                fail(error)
+
         listener = MllpListener(store, host, port, ssl_context=context, max_frame_bytes=max_frame_bytes,
                                 read_timeout=read_timeout)
 
@@ -64,6 +74,8 @@ def register(app: typer.Typer) -> None:
         except OSError as error:
             fail(ConfigurationError(text("listen.bind_failed", host=host, port=port, reason=error.strerror or error)))
         finally:
+            if worker is not None:
+                worker.stop()
             store.close()
         err.print(text("listen.stopped"))
 

@@ -123,12 +123,14 @@ def build_app() -> typer.Typer:
     from .indicator_commands import register as register_indicators
 
     from .listen_commands import register as register_listen
+    from .errors_commands import register as register_errors
     from .view_commands import register as register_views
 
     register_server(app)
     register_indicators(app)
     register_views(app)
     register_listen(app)
+    register_errors(app)
     return app
 
 
