@@ -6,7 +6,7 @@ from sonco_fhir.indicators.compute import ALL, delay_prescription_to_report, sha
 from sonco_fhir.indicators.extract import CohortData, extract
 from sonco_fhir.indicators.sql import compute, load_views
 from helpers import map_files
-from conftest import REPOSITORY
+from conftest import REPOSITORY, TEST_KEY
 
 CANONICAL_BASE = "https://sonco.example/fhir"
 MILESTONE_SYSTEM = f"{CANONICAL_BASE}/CodeSystem/sonco-pathway-milestone"
@@ -240,9 +240,13 @@ def test_share_counts_patients():
 
 
 @pytest.fixture(scope="module")
-def example_resources():
-    spice, _ = map_files("spice", REPOSITORY / "examples" / "spice")
-    hygen, _ = map_files("hygen", REPOSITORY / "examples" / "hygen")
+def example_resources(tmp_path_factory):
+    # Module fixtures run before the per-test environment, so they set the key themselves.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SONCO_PSEUDONYM_KEY", TEST_KEY)
+        patch.setenv("SONCO_DATA_DIR", str(tmp_path_factory.mktemp("indicator-sql")))
+        spice, _ = map_files("spice", REPOSITORY / "examples" / "spice")
+        hygen, _ = map_files("hygen", REPOSITORY / "examples" / "hygen")
     return spice + hygen
 
 
