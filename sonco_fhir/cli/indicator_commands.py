@@ -16,6 +16,11 @@ def _label(row) -> str:
     return i18n.t(f"indicator.{row.measure}")
 
 
+def _localized_number(text: str) -> str:
+    # French writes a decimal comma.
+    return text.replace(".", ",") if i18n.language() == "fr" else text
+
+
 def _value_text(row) -> str:
     if row.value is None:
         return "—"
@@ -23,14 +28,21 @@ def _value_text(row) -> str:
         text = i18n.t("indicator.days", value=f"{row.value:g}")
     else:
         text = i18n.t("indicator.percent", value=f"{row.value * 100:.1f}")
-    # French writes a decimal comma.
-    return text.replace(".", ",") if i18n.language() == "fr" else text
+    return _localized_number(text)
 
 
 def _detail_text(row) -> str:
-    if row.measure == DELAY_MEASURE:
-        return i18n.t("indicator.delay_detail", count=row.denominator, excluded=row.excluded)
-    return i18n.t("indicator.share_detail", numerator=row.numerator, denominator=row.denominator)
+    if row.measure != DELAY_MEASURE:
+        return i18n.t("indicator.share_detail", numerator=row.numerator, denominator=row.denominator)
+    text = i18n.t("indicator.delay_detail", count=row.denominator, excluded=row.excluded)
+    if row.p25 is None:
+        return text
+    spread = i18n.t("indicator.delay_spread", p25=f"{row.p25:g}", p75=f"{row.p75:g}", p90=f"{row.p90:g}")
+    return f"{text}, {_localized_number(spread)}"
+
+
+def _optional(value) -> object:
+    return "" if value is None else value
 
 
 def register(app: typer.Typer) -> None:
@@ -60,14 +72,15 @@ def register(app: typer.Typer) -> None:
 
         if output_format == "json":
             print(json.dumps([{"indicator": r.measure, "label": _label(r), "lab": r.stratum, "value": r.value,
-                               "numerator": r.numerator, "denominator": r.denominator, "excluded": r.excluded}
+                               "numerator": r.numerator, "denominator": r.denominator, "excluded": r.excluded,
+                               "p25": r.p25, "p75": r.p75, "p90": r.p90}
                               for r in rows], indent=2, ensure_ascii=False))
         elif output_format == "csv":
             writer = csv.writer(sys.stdout)
-            writer.writerow(["indicator", "label", "lab", "value", "numerator", "denominator", "excluded"])
+            writer.writerow(["indicator", "label", "lab", "value", "numerator", "denominator", "excluded", "p25", "p75", "p90"])
             for r in rows:
-                writer.writerow([r.measure, _label(r), r.stratum, "" if r.value is None else r.value,
-                                 "" if r.numerator is None else r.numerator, r.denominator, r.excluded])
+                writer.writerow([r.measure, _label(r), r.stratum, _optional(r.value), _optional(r.numerator),
+                                 r.denominator, r.excluded, _optional(r.p25), _optional(r.p75), _optional(r.p90)])
         else:
             table = Table(title=t("indicators.title"))
             table.add_column(t("indicator.column.indicator"))

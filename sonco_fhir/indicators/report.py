@@ -1,5 +1,7 @@
 """MeasureReports (type summary, stratified by lab) and the printed table."""
 
+from dataclasses import dataclass
+
 from ..canonical import measure_url
 from .compute import ALL, DelayResult, ShareResult
 
@@ -9,14 +11,28 @@ _POPULATION = "http://terminology.hl7.org/CodeSystem/measure-population"
 _DAYS = {"unit": "d", "system": "http://unitsofmeasure.org", "code": "d"}
 
 
+@dataclass
+class DelayStatistics:
+    """Continuous-variable indicator of one stratum as the SQL query returns it: statistics of the delays in days, without the delays."""
+
+    stratum: str
+    count: int  # population members with both dates
+    median: float | None
+    p25: float | None
+    p75: float | None
+    p90: float | None
+    excluded: int = 0  # population members with a missing milestone
+
+
 def _population(code: str, count: int) -> dict:
     return {"code": {"coding": [{"system": _POPULATION, "code": code}]}, "count": count}
 
 
-def _delay_populations(result: DelayResult) -> list[dict]:
-    members = len(result.delays) + result.excluded
-    return [_population("initial-population", members), _population("measure-population", len(result.delays)),
-            _population("measure-observation", len(result.delays))]
+def _delay_populations(result: DelayResult | DelayStatistics) -> list[dict]:
+    measured = result.count if isinstance(result, DelayStatistics) else len(result.delays)
+    members = measured + result.excluded
+    return [_population("initial-population", members), _population("measure-population", measured),
+            _population("measure-observation", measured)]
 
 
 def _share_populations(result: ShareResult) -> list[dict]:
