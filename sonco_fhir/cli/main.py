@@ -17,8 +17,8 @@ from .. import i18n
 from ..errors import ExitCode, SoncoError
 
 err = Console(stderr=True, highlight=False, soft_wrap=True)
-# Tables keep their lines whole when the output is a file or a pipe, where rich assumes 80 columns.
-out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 120)
+# Tables keep their lines whole when the output is a file or a pipe, where rich would assume 80 columns.
+out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 140)
 
 
 def fail(error: SoncoError) -> None:
