@@ -21,7 +21,6 @@ from datetime import datetime
 from pathlib import Path
 
 from ..i18n import t
-from ..i18n import t
 from .hl7v2 import MessageError, message_record, split_messages
 from .store import MessageHeader, MessageStore, read_header
 
