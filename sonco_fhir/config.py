@@ -22,7 +22,7 @@ class Settings:
         return self.data_dir / "identity-crosswalk.sqlite"
 
     def describe(self) -> dict[str, str]:
-        """The resolved settings, printed at the start of a run (no secret in it)."""
+        """Return the resolved settings to print at the start of a run (no secret among them)."""
         return {
             "SONCO_DATA_DIR": str(self.data_dir),
             "SONCO_FHIR_URL": self.fhir_url,

@@ -13,7 +13,7 @@ class ExitCode(IntEnum):
     RECORDS_REJECTED = 1  # the run finished, but some records were set aside
     USAGE = 2  # bad command line (typer/click uses 2 as well)
     CONFIGURATION = 3  # missing key, unreadable mapping file, bad settings
-    SERVER_UNAVAILABLE = 4  # the FHIR server did not answer or rejected a bundle
+    SERVER_UNAVAILABLE = 4  # the FHIR server is unreachable, timed out or failed (HTTP 5xx)
     SERVER_BUILD_FAILED = 5  # the Maven build or the Java launch of HAPI failed
     INPUT_UNREADABLE = 6  # no input record could be read at all
 

@@ -504,7 +504,7 @@ def package_server(hapi, tmp_path_factory):
 
 
 def _metadata_ready(base_url: str, timeout: float) -> bool:
-    # The server holds requests that arrive during startup, so a short timeout would end in a broken pipe there.
+    # The server keeps waiting requests that arrive during startup, so a short timeout would end in a broken pipe there.
     try:
         return requests.get(f"{base_url}/metadata", timeout=timeout).status_code == 200
     except requests.RequestException:

@@ -1,8 +1,8 @@
 """HL7 v2 files: split into messages, parse with python-hl7, flatten for templates.
 
-Templates address fields with HL7 locations relative to a segment: in
+Templates address fields with HL7 locations relative to a segment. In
 `PID["3.4.2"]` the key is field 3, component 4, subcomponent 2 of the
-first repetition; `PID["3[]"]` lists every repetition, each with keys
+first repetition. `PID["3[]"]` lists every repetition, each with keys
 relative to the field (`"1"`, `"4.2"`). Empty values are left out, so a
 template tests presence with `"7" in PID`.
 """

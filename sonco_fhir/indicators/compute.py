@@ -16,7 +16,7 @@ ALL = "*"
 
 
 def paris_date(value: str | None) -> date | None:
-    """The calendar day of a FHIR date or dateTime in Europe/Paris; None when only a year or month is known."""
+    """Return the calendar day of a FHIR date or dateTime in Europe/Paris, or None when only a year or month is known."""
     if not value or len(value) < 10:
         return None
     if len(value) == 10:

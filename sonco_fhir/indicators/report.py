@@ -47,7 +47,7 @@ def _score(value: float | None, unit: dict | None) -> dict | None:
 
 
 def measure_report(measure: str, results: dict, period: tuple[str, str], report_id: str) -> dict:
-    """A summary MeasureReport: the overall score, and one stratum per lab."""
+    """Build a summary MeasureReport: the overall score, and one stratum per lab."""
     is_delay = measure == DELAY_MEASURE
     populations = _delay_populations if is_delay else _share_populations
     unit = _DAYS if is_delay else None

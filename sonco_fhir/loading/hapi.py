@@ -15,7 +15,7 @@ TIMEOUT_SECONDS = 120
 
 
 class BundleRejected(Exception):
-    """The server answered a transaction with an error; `message` is its OperationOutcome text."""
+    """The server rejected a transaction; the message is its OperationOutcome text."""
 
     def __init__(self, status: int, message: str):
         super().__init__(f"HTTP {status}: {message}")

@@ -1,10 +1,10 @@
-"""Patient merge: several sources describe one cohort patient, each with what it knows."""
+"""Patient merge: several sources describe one cohort patient, each with the elements it has."""
 
 
 def merge_patient(existing: dict, incoming: dict) -> dict:
-    """Keep what `existing` knows and take every element `incoming` gives.
+    """Keep the elements of `existing` and take every element `incoming` gives.
 
-    A source that knows only the pseudonym (a lab export) leaves the
+    A source that has only the pseudonym (a lab export) leaves the
     gender and birth year sent by the hospital in place.
     """
     merged = {key: value for key, value in existing.items() if key not in ("meta", "text")}

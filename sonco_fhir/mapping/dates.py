@@ -25,7 +25,7 @@ class InvalidDate(ValueError):
 
 
 def shape(value: str) -> str:
-    """The form of a value without its content: digits as 9, letters as A.
+    """Return the form of a value without its content: digits as 9, letters as A.
 
     Error messages show this instead of the value, since a bad date may be
     a birth date.
@@ -85,7 +85,7 @@ def v2_date(value: str | None) -> str | None:
 
 
 def export_datetime(value: str | None, zone: str = DEFAULT_ZONE) -> str | None:
-    """A date or date-time from an export: 'JJ/MM/AAAA[ HH:MM[:SS]]' or ISO 8601."""
+    """Convert a date or date-time from an export to FHIR: 'JJ/MM/AAAA[ HH:MM[:SS]]' or ISO 8601."""
     if value is None or not str(value).strip():
         return None
     text = str(value).strip()
@@ -104,7 +104,7 @@ def export_date(value: str | None) -> str | None:
 
 
 def year(value: str | None) -> str | None:
-    """The year of an HL7, ISO or French date: the only part of a birth date the cohort keeps."""
+    """Return the year of an HL7, ISO or French date: the only part of a birth date the cohort keeps."""
     if not value:
         return None
     text = str(value).strip()

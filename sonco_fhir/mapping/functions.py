@@ -26,7 +26,7 @@ def group_by_sub_id(segments: list[dict]) -> list[dict]:
 
 
 def number(value):
-    """A number from text, as int when whole; raises on text that is not a number."""
+    """Parse a number from text, as int when whole; raise ValueError on other text."""
     if value is None or value == "":
         return None
     text = str(value).strip().replace(",", ".")
@@ -38,7 +38,7 @@ def number(value):
 
 
 def instant(value):
-    """An export date or date-time as a FHIR instant; a date alone is taken at 12:00 Europe/Paris.
+    """Convert an export date or date-time to a FHIR instant; a date alone is taken at 12:00 Europe/Paris.
 
     Noon keeps the calendar day the same in Paris time and in UTC, so day
     counts between dates do not change when a reader converts to UTC.
@@ -52,7 +52,7 @@ def instant(value):
 
 
 def first(*values):
-    """The first value that is not null, empty text or empty; else the last one.
+    """Return the first value that is not null or empty, else the last one.
 
     JSON-e's `||` gives a boolean, so templates default with `first(x, "default")`.
     """
@@ -71,14 +71,14 @@ def cx_identifiers(repetitions: list[dict] | None) -> list[dict]:
 
 
 def xpn_names(*fields: list[dict] | None) -> list[str]:
-    """The family, given and second given names of HL7 v2 XPN fields (PID-5, PID-6)."""
+    """List the family, given and second given names of HL7 v2 XPN fields (PID-5, PID-6)."""
     return [xpn[key] for repetitions in fields for xpn in repetitions or [] for key in ("1", "2", "3") if xpn.get(key)]
 
 
 def result_items(orders: list[dict], control_id: str) -> dict:
     """Split ORU order groups into reports, single observations and variant groups.
 
-    An OBX group whose sub-id (OBX-4) holds a LOINC 69548-6 (Genetic variant
+    An OBX group whose sub-id (OBX-4) contains a LOINC 69548-6 (Genetic variant
     assessment) becomes one variant with the group's other OBX as components;
     every other OBX becomes its own observation.
     """
@@ -132,7 +132,7 @@ def template_functions(pseudonymiser: Pseudonymiser, conceptmaps: ConceptMaps) -
         return {key: value for key, value in coding.items() if value}
 
     def obx_value(segment):
-        """The value[x] of an OBX, chosen by its value type (OBX-2), with its unit (OBX-6)."""
+        """Build the value[x] of an OBX, chosen by its value type (OBX-2), with its unit (OBX-6)."""
         value_type = segment.get("2", "")
         text = segment.get("5")
         if text is None:

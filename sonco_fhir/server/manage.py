@@ -47,7 +47,7 @@ def _exited(pid: int) -> bool:
 
 
 def _log_tail(path: Path, lines: int = 20) -> str:
-    """The last lines of the server log, so a failed start explains itself."""
+    """Return the last lines of the server log, so a failed start explains itself."""
     try:
         content = path.read_text(encoding="utf-8", errors="replace").splitlines()
     except OSError:
