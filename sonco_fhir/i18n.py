@@ -2,7 +2,8 @@
 
 The language comes from `--lang`, then the SONCO_LANG environment
 variable, then French. Catalogues are YAML files in `locales/`, one key
-per message, with `str.format` placeholders.
+per message, with `str.format` placeholders: `locales/LANG.yaml` and the
+fragments in `locales/LANG/*.yaml`, one per area, merged in name order.
 """
 
 import os
@@ -21,8 +22,15 @@ _current = DEFAULT_LANGUAGE
 
 @lru_cache(maxsize=None)
 def _catalogue(lang: str) -> dict[str, str]:
-    with open(_LOCALES / f"{lang}.yaml", encoding="utf-8") as handle:
-        return yaml.safe_load(handle)
+    catalogue: dict[str, str] = {}
+    for path in [_LOCALES / f"{lang}.yaml", *sorted((_LOCALES / lang).glob("*.yaml"))]:
+        with open(path, encoding="utf-8") as handle:
+            fragment = yaml.safe_load(handle) or {}
+        duplicated = catalogue.keys() & fragment.keys()
+        if duplicated:
+            raise ValueError(f"{path}: keys already defined elsewhere: {', '.join(sorted(duplicated))}")
+        catalogue.update(fragment)
+    return catalogue
 
 
 def set_language(lang: str | None) -> str:
