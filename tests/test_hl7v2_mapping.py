@@ -142,11 +142,15 @@ def test_bad_date_names_template_place(tmp_path):
     assert "provenance" in summary.problems[0].message
 
 
-def test_unsupported_message_type_is_set_aside():
-    _, summary = map_files("hl7v2", MICROSOFT / "OML-O21-01.hl7")
+def test_unsupported_message_type_is_set_aside(tmp_path):
+    siu = tmp_path / "SIU-S12.hl7"
+    siu.write_text((ANS / "SGL_admission_ADT_A01.er7").read_text(encoding="utf-8").replace("ADT^A01^ADT_A01", "SIU^S12^SIU_S12"),
+                   encoding="utf-8")
+
+    _, summary = map_files("hl7v2", siu)
 
     assert summary.records_rejected == 1
-    assert "OML" in summary.problems[0].message
+    assert "message_type=SIU, trigger_event=S12" in summary.problems[0].message
 
 
 def test_problem_in_both_languages():

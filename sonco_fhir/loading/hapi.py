@@ -7,6 +7,7 @@ import requests
 
 from ..errors import ServerError
 from ..i18n import t
+from .bundle import to_json
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +64,7 @@ class FhirServer:
         return response.json()
 
     def transaction(self, bundle: dict) -> dict:
-        response = self._request("POST", "", json=bundle)
+        response = self._request("POST", "", data=to_json(bundle).encode("utf-8"))
         if response.status_code in (502, 503, 504):
             raise ServerError(f"HTTP {response.status_code}: {outcome_text(response)}")
         if response.status_code >= 400:
@@ -71,7 +72,7 @@ class FhirServer:
         return response.json()
 
     def update(self, resource: dict) -> dict:
-        response = self._request("PUT", f"{resource['resourceType']}/{resource['id']}", json=resource)
+        response = self._request("PUT", f"{resource['resourceType']}/{resource['id']}", data=to_json(resource).encode("utf-8"))
         if response.status_code >= 400:
             raise BundleRejected(response.status_code, outcome_text(response))
         return response.json()

@@ -8,6 +8,9 @@ def merge_patient(existing: dict, incoming: dict) -> dict:
     gender and birth year sent by the hospital in place.
     """
     merged = {key: value for key, value in existing.items() if key not in ("meta", "text")}
+    # deceased[x] is a choice: an incoming deceasedBoolean false (an HL7 v2 delete) replaces a held deceasedDateTime.
+    if any(key.startswith("deceased") for key in incoming):
+        merged = {key: value for key, value in merged.items() if not key.startswith("deceased")}
     for key, value in incoming.items():
         if key == "meta":
             continue

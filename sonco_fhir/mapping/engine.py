@@ -5,11 +5,16 @@ evaluated with the record's data, the cohort patient and the functions of
 `functions.py`. The format is documented key by key in docs/mapping-format.md.
 """
 
+import functools
+import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import jsone
 import yaml
+from jsone.interpreter import Interpreter
+from jsone.parser import Parser
+from jsone.render import SyntaxError as JsoneSyntaxError
 
 from ..canonical import MAPPING_TAG_SYSTEM, PSEUDONYM_SYSTEM, profile_url
 from ..connectors.base import SourceRecord
@@ -153,6 +158,9 @@ class MappingEngine:
         result.identity.names.extend(identity.names)
         result.identity.birth_dates.extend(identity.birth_dates)
         context["patient"] = {"id": patient_id, "reference": f"Patient/{patient_id}"}
+        replaced_id = self._resolve_replaced(mapping, context, patient_id, result.identity)
+        if replaced_id:
+            context["patient"].update(replaces_id=replaced_id, replaces_reference=f"Patient/{replaced_id}")
 
         produced: list[dict] = []
         for index, entry in enumerate(mapping.resources):
@@ -172,9 +180,11 @@ class MappingEngine:
                 key = _render(entry["key"], local, f"{where}.key")
                 key_parts = [str(part) for part in (key if isinstance(key, list) else [key])]
                 if resource["resourceType"] == "Patient":
-                    # Whatever the template wrote, a Patient carries the pseudonym and nothing else.
-                    resource["id"] = patient_id
-                    resource["identifier"] = [pseudonym_identifier(patient_id)]
+                    # Whatever the template wrote, a Patient carries the pseudonym and nothing else. Only a
+                    # merged patient (patient.replaces) may be named, by the pseudonym the crosswalk gave it.
+                    named = resource.get("id") if replaced_id and resource.get("id") == replaced_id else patient_id
+                    resource["id"] = named
+                    resource["identifier"] = [pseudonym_identifier(named)]
                 else:
                     resource["id"] = self.pseudonymiser.resource_id(resource["resourceType"], *key_parts)
                 meta = resource.setdefault("meta", {})
@@ -195,6 +205,45 @@ class MappingEngine:
     def _resolve_patient(self, mapping: MappingFile, context: dict) -> tuple[str, Identity]:
         section = mapping.patient
         identifiers = _render(section.get("identifiers", []), context, "patient.identifiers") or []
+        tokens, raw_values = self._identifier_tokens(identifiers)
+        if not tokens:
+            raise _MappingFailure(t("problem.no_patient_identifier"), t("problem.no_patient_identifier.fix"))
+        try:
+            patient_id = self.crosswalk.resolve(tokens)
+        except IdentityConflict as conflict:
+            raise _MappingFailure(t("problem.identity_conflict", count=conflict.count), t("problem.identity_conflict.fix")) from None
+        identity = Identity(
+            identifiers=raw_values,
+            names=[str(name) for name in _render(section.get("names", []), context, "patient.names") or [] if name],
+            birth_dates=[str(d) for d in _render(section.get("birth_dates", []), context, "patient.birth_dates") or [] if d],
+        )
+        return patient_id, identity
+
+    def _resolve_replaced(self, mapping: MappingFile, context: dict, patient_id: str, identity: Identity) -> str | None:
+        """Link the identifiers of `patient.replaces` (a merge) to the record's patient; return the merged patient's pseudonym.
+
+        Identifiers that no other cohort patient has join the record's patient, and nothing
+        else is needed: None. Identifiers of another cohort patient keep pointing to it, because
+        the crosswalk never moves a token, and that patient's pseudonym is returned.
+        """
+        identifiers = _render(mapping.patient.get("replaces", []), context, "patient.replaces") or []
+        tokens, raw_values = self._identifier_tokens(identifiers)
+        identity.identifiers.extend(raw_values)
+        if not tokens:
+            return None
+        own_tokens, _ = self._identifier_tokens(_render(mapping.patient.get("identifiers", []), context, "patient.identifiers") or [])
+        try:
+            self.crosswalk.resolve(own_tokens + tokens)
+            return None
+        except IdentityConflict:
+            pass
+        try:
+            replaced_id = self.crosswalk.resolve(tokens)
+        except IdentityConflict as conflict:
+            raise _MappingFailure(t("problem.identity_conflict", count=conflict.count), t("problem.identity_conflict.fix")) from None
+        return replaced_id if replaced_id != patient_id else None
+
+    def _identifier_tokens(self, identifiers: list[dict]) -> tuple[list[tuple[str, str]], list[str]]:
         tokens: list[tuple[str, str]] = []
         raw_values: list[str] = []
         for identifier in identifiers:
@@ -208,18 +257,7 @@ class MappingEngine:
             authority = (identifier.get("system") or identifier.get("authority") or "").removeprefix("urn:oid:")
             tokens.append((kind, self.pseudonymiser.token(kind, authority, value)))
             raw_values.append(value)
-        if not tokens:
-            raise _MappingFailure(t("problem.no_patient_identifier"), t("problem.no_patient_identifier.fix"))
-        try:
-            patient_id = self.crosswalk.resolve(tokens)
-        except IdentityConflict as conflict:
-            raise _MappingFailure(t("problem.identity_conflict", count=conflict.count), t("problem.identity_conflict.fix")) from None
-        identity = Identity(
-            identifiers=raw_values,
-            names=[str(name) for name in _render(section.get("names", []), context, "patient.names") or [] if name],
-            birth_dates=[str(d) for d in _render(section.get("birth_dates", []), context, "patient.birth_dates") or [] if d],
-        )
-        return patient_id, identity
+        return tokens, raw_values
 
 
 class _MappingFailure(Exception):
@@ -244,6 +282,43 @@ def pseudonym_identifier(patient_id: str) -> dict:
         "system": PSEUDONYM_SYSTEM,
         "value": patient_id,
     }
+
+
+# JSON-e parses every expression again at each render, which took about a third of the mapping
+# time in bench/hl7v2. These replacements parse each distinct expression once and keep its tree,
+# which the interpreter only reads.
+# NOTE: they replace two module functions of json-e's renderer (checked with json-e 4.8.4), so a
+# json-e upgrade must keep `parse` and `parse_until_terminator` with these signatures.
+@functools.lru_cache(maxsize=8192)
+def _expression_tree(source: str, terminator: str | None):
+    parser = Parser(source, _renderer.tokenizer)
+    tree = parser.parse()
+    token = parser.current_token
+    if terminator is None:
+        if token is not None:
+            raise JsoneSyntaxError.unexpected(token)
+        return tree, None
+    if not token:
+        raise JsoneSyntaxError("unterminated ${..} expression")
+    if token.kind != terminator:
+        raise JsoneSyntaxError.unexpected(token)
+    return tree, token.start
+
+
+def _parse_cached(source, context):
+    tree, _ = _expression_tree(source, None)
+    return Interpreter(context).interpret(tree)
+
+
+def _parse_until_terminator_cached(source, context, terminator):
+    tree, end = _expression_tree(source, terminator)
+    return Interpreter(context).interpret(tree), end
+
+
+# `jsone.render` is the render function, which hides the module of the same name.
+_renderer = importlib.import_module("jsone.render")
+_renderer.parse = _parse_cached
+_renderer.parse_until_terminator = _parse_until_terminator_cached
 
 
 def _render(template, context: dict, where: str):

@@ -1,6 +1,9 @@
 """Functions that mapping templates may call, documented in docs/mapping-format.md."""
 
+import base64
+import hashlib
 import re
+from datetime import datetime
 from decimal import Decimal, InvalidOperation
 
 from ..connectors.fhir import reference_lookup_key
@@ -25,8 +28,28 @@ def group_by_sub_id(segments: list[dict]) -> list[dict]:
     return list(groups.values())
 
 
+_JSON_NUMBER = re.compile(r"-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?")
+
+
+class ExactDecimal(float):
+    """A decimal read from text: a float for templates, with the digits as sent in `text` (FHIR keeps 1.50 apart from 1.5).
+
+    `loading.bundle.to_json` writes `text`; `json.dumps` writes the float.
+    """
+
+    text: str
+
+    def __new__(cls, text: str):
+        number = super().__new__(cls, text)
+        number.text = text
+        return number
+
+    def __reduce__(self):
+        return (ExactDecimal, (self.text,))
+
+
 def number(value):
-    """Parse a number from text, as int when whole; raise ValueError on other text."""
+    """Parse a number from text, as int when whole, else as ExactDecimal; raise ValueError on other text."""
     if value is None or value == "":
         return None
     text = str(value).strip().replace(",", ".")
@@ -34,7 +57,12 @@ def number(value):
         parsed = Decimal(text)
     except InvalidOperation:
         raise ValueError(t("problem.not_a_number", form=shape(str(value)))) from None
-    return int(parsed) if parsed == parsed.to_integral_value() and "." not in text else float(text)
+    if not parsed.is_finite():
+        raise ValueError(t("problem.not_a_number", form=shape(str(value))))
+    if parsed == parsed.to_integral_value() and "." not in text and "e" not in text.lower():
+        return int(parsed)
+    # A JSON number keeps the sender's digits; other forms (+1.5, .5) get Decimal's canonical text.
+    return ExactDecimal(text if _JSON_NUMBER.fullmatch(text) else str(parsed))
 
 
 def instant(value):
@@ -49,6 +77,24 @@ def instant(value):
     if len(result) < len("2024-01-31"):
         raise InvalidDate(t("problem.instant_needs_day", form=shape(str(value))))
     return export_datetime(f"{result}T12:00")
+
+
+def latest_instant(values):
+    """Return the latest of export dates or date-times as a FHIR instant, or null for an empty list."""
+    instants = [instant(value) for value in values or [] if value not in (None, "")]
+    if not instants:
+        return None
+    return max(instants, key=lambda text: datetime.fromisoformat(text))
+
+
+def linked(items, name):
+    """Return the values that `name:value1,value2` items list for `name`: `linked(["a:R1,R2"], "a")` is ["R1", "R2"]."""
+    values = []
+    for item in items or []:
+        label, _, listed = str(item).partition(":")
+        if label.strip() == name:
+            values.extend(value.strip() for value in listed.split(",") if value.strip())
+    return values
 
 
 def first(*values):
@@ -75,6 +121,66 @@ def xpn_names(*fields: list[dict] | None) -> list[str]:
     return [xpn[key] for repetitions in fields for xpn in repetitions or [] for key in ("1", "2", "3") if xpn.get(key)]
 
 
+def order_key(obr: dict, control_id: str, index: int) -> str:
+    """Identify an order: OBR-3 filler number, else OBR-2 placer number, else MSH-10 with OBR-1."""
+    return obr.get("3") or obr.get("2") or f"{control_id}-{obr.get('1') or index}"
+
+
+def document_items(orders: list[dict], segments: dict, control_id: str) -> list[dict]:
+    """List the encapsulated documents (OBX-2 ED) of a message, each with its order's key (null outside an order).
+
+    CI-SIS messages also send the body of the secure e-mail as an ED OBX (code CORPSMAIL_PS,
+    in the MetaDMPMSS system from CI-SIS 2.1): that is a note to the recipient, not a
+    document, so it is left out.
+    """
+    order_of = {id(obx): (order_key(order["OBR"], control_id, index), order["OBR"])
+                for index, order in enumerate(orders, start=1) for obx in order["OBX"]}
+    items = []
+    for obx in segments.get("OBX", []):
+        if obx.get("2") != "ED" or obx.get("3.3") == "MetaDMPMSS" or obx.get("3.1", "").startswith("CORPSMAIL_"):
+            continue
+        order_id, obr = order_of.get(id(obx), (None, {}))
+        if "3" not in obx and "4" not in obr:
+            # Without OBX-3 or an order's OBR-4 the document has no type; with no data either, nothing is lost.
+            if obx.get("5.5"):
+                raise ValueError(t("hl7v2.ed_no_type", line=obx["_line"]))
+            continue
+        items.append({"OBX": obx, "order_id": order_id, "OBR": obr, "set_id": obx.get("1") or str(obx["_line"])})
+    return items
+
+
+# ED-2 type of data (HL7 table 0191) as the MIME main type; ED-3 (table 0291) is the subtype.
+_ED_MAIN_TYPES = {"AP": "application", "APPLICATION": "application", "NS": "application", "SD": "application",
+                  "IM": "image", "IMAGE": "image", "SI": "image", "AU": "audio", "AUDIO": "audio",
+                  "TEXT": "text", "TX": "text"}
+
+
+def ed_attachment(obx: dict) -> dict:
+    """Describe an OBX ED document as a FHIR Attachment without its content: type, size and SHA-1 of the decoded bytes.
+
+    ED components: 2 type of data, 3 data subtype, 4 encoding (Base64, Hex or A for text), 5 data.
+    """
+    data = obx.get("5.5", "")
+    main_type = _ED_MAIN_TYPES.get((obx.get("5.2") or "").upper())
+    subtype = (obx.get("5.3") or "").lower()
+    attachment = {"contentType": f"{main_type}/{subtype}" if main_type and subtype else None, "title": obx.get("3.2")}
+    if not data:
+        return attachment
+    encoding = (obx.get("5.4") or "").upper()
+    try:
+        if encoding == "BASE64":
+            # Senders often drop the final "=" padding; the data stays unambiguous without it.
+            content = base64.b64decode(data + "=" * (-len(data) % 4), validate=True)
+        elif encoding == "HEX":
+            content = bytes.fromhex(data)
+        else:
+            content = data.encode("utf-8")
+    except ValueError:
+        raise ValueError(t("hl7v2.ed_invalid", encoding=obx.get("5.4"), line=obx["_line"])) from None
+    attachment.update(size=len(content), hash=base64.b64encode(hashlib.sha1(content).digest()).decode("ascii"))
+    return attachment
+
+
 def result_items(orders: list[dict], control_id: str) -> dict:
     """Split ORU order groups into reports, single observations and variant groups.
 
@@ -85,9 +191,10 @@ def result_items(orders: list[dict], control_id: str) -> dict:
     reports, observations, variants = [], [], []
     for index, order in enumerate(orders, start=1):
         obr = order["OBR"]
-        order_id = obr.get("3") or obr.get("2") or f"{control_id}-{obr.get('1') or index}"
+        order_id = order_key(obr, control_id, index)
         genomic = obr.get("4.1") == "51969-4"
         report = {"order_id": order_id, "OBR": obr, "results": []}
+        seen: dict[str, int] = {}
         for group in group_by_sub_id(order["OBX"]):
             assessment = group["by_code"].get("69548-6")
             if group["sub_id"] and assessment is not None:
@@ -100,6 +207,9 @@ def result_items(orders: list[dict], control_id: str) -> dict:
                 if seg.get("2") == "ED":
                     continue  # encapsulated documents are not observations
                 set_id = seg.get("1") or str(seg["_line"])
+                # A set ID sent twice in one order would map two OBX to one resource, so the later ones get a suffix.
+                seen[set_id] = seen.get(set_id, 0) + 1
+                set_id = set_id if seen[set_id] == 1 else f"{set_id}-{seen[set_id]}"
                 observations.append({"order_id": order_id, "set_id": set_id, "OBX": seg, "genomic": bool(group["sub_id"])})
                 report["results"].append(["observation", order_id, set_id])
         report["genomic"] = genomic
@@ -185,6 +295,25 @@ def template_functions(pseudonymiser: Pseudonymiser, conceptmaps: ConceptMaps) -
         target = (references or {}).get(reference_lookup_key(element)) if element else None
         return target.get("resource") if target else None
 
+    def local_codings(concept, tables):
+        """Translate the codings of a CodeableConcept that are in a hospital's local code system.
+
+        `tables` lists {system, table} pairs: a coding of `system` is looked up in the
+        ConceptMap `table`. Returns the translated codings, each once. A local code missing
+        from its table gives nothing here, and `pull fhir` lists it in its end-of-run report.
+        """
+        translated = []
+        for coding in (concept or {}).get("coding") or []:
+            if not isinstance(coding, dict):
+                continue
+            for entry in tables or []:
+                if coding.get("system") != entry.get("system"):
+                    continue
+                target = conceptmaps.translate(entry["table"], coding.get("code"))
+                if target and target not in translated:
+                    translated.append(target)
+        return translated
+
     return {
         "ref": ref,
         "cwe": cwe,
@@ -192,6 +321,9 @@ def template_functions(pseudonymiser: Pseudonymiser, conceptmaps: ConceptMaps) -
         "cx_identifiers": cx_identifiers,
         "xpn_names": xpn_names,
         "result_items": result_items,
+        "document_items": document_items,
+        "order_key": order_key,
+        "ed_attachment": ed_attachment,
         "code": code,
         "code_only": code_only,
         "v2_datetime": v2_datetime,
@@ -206,4 +338,7 @@ def template_functions(pseudonymiser: Pseudonymiser, conceptmaps: ConceptMaps) -
         "group_by_sub_id": group_by_sub_id,
         "fhir_ref": fhir_ref,
         "fhir_resource": fhir_resource,
+        "local_codings": local_codings,
+        "latest_instant": latest_instant,
+        "linked": linked,
     }

@@ -45,6 +45,10 @@ class Crosswalk:
         row = self._db.execute("SELECT person FROM identifier_token WHERE token = ?", (token,)).fetchone()
         return row[0] if row else None
 
+    def knows(self, token: str) -> bool:
+        """Whether the token is linked to a cohort patient, stored or linked earlier in this run."""
+        return self._lookup(token) is not None
+
     def resolve(self, tokens: list[tuple[str, str]]) -> str:
         """Return the cohort pseudonym for (kind, token) pairs, recording new links."""
         if not tokens:
@@ -57,19 +61,18 @@ class Crosswalk:
         else:
             strongest = min(tokens, key=lambda pair: KINDS.index(pair[0]) if pair[0] in KINDS else len(KINDS))
             person = strongest[1]
-        for kind, token in tokens:
-            if self._lookup(token) is None:
-                self._store(kind, token, person)
+        new_links = [(token, kind, person) for kind, token in dict.fromkeys(tokens) if self._lookup(token) is None]
+        if new_links:
+            self._store(new_links)
         return person
 
-    def _store(self, kind: str, token: str, person: str) -> None:
+    def _store(self, links: list[tuple[str, str, str]]) -> None:
+        """Record (token, kind, person) links in one transaction: one disk sync per record, not per identifier."""
         if self._read_only or self._db is None:
-            self._overlay[token] = person
+            self._overlay.update((token, person) for token, _, person in links)
             return
-        self._db.execute(
-            "INSERT OR IGNORE INTO identifier_token (token, kind, person) VALUES (?, ?, ?)", (token, kind, person)
-        )
-        self._db.commit()
+        with self._db:
+            self._db.executemany("INSERT OR IGNORE INTO identifier_token (token, kind, person) VALUES (?, ?, ?)", links)
 
     def close(self) -> None:
         if self._db is not None:
