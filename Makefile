@@ -44,3 +44,15 @@ clean:
 .PHONY: profiles-package
 profiles-package: install
 	$(BIN)/python -m sonco_fhir.profiles.package
+
+# HL7 v2 benchmark (bench/hl7v2): throughput against python-hl7, memory, MLLP -> HAPI. Results in docs/benchmarks.md.
+.PHONY: bench-hl7v2
+bench-hl7v2: install server-build
+	$(BIN)/python bench/hl7v2/bench.py --output build/bench-hl7v2.json
+
+# Indicators benchmark: a synthetic cohort (PATIENTS, default 10000) loaded into a HAPI started on a free
+# loopback port, or into the server at BENCH_URL. Results in build/bench-indicators.json.
+.PHONY: bench-indicators
+PATIENTS ?= 10000
+bench-indicators: install server-build
+	$(BIN)/python bench/indicators/bench.py --patients $(PATIENTS) $(if $(BENCH_URL),--url $(BENCH_URL))

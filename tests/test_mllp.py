@@ -47,6 +47,9 @@ class RunningListener:
         return self.listener.port
 
     def stop(self) -> None:
+        """Stop the listener and its loop; a second call does nothing."""
+        if self.loop.is_closed():
+            return
         self._call(self.listener.stop())
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(timeout=SOCKET_TIMEOUT)

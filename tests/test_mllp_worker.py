@@ -17,10 +17,10 @@ from typer.testing import CliRunner
 from sonco_fhir import i18n
 from sonco_fhir.cli.main import build_app
 from sonco_fhir.config import load_settings
-from sonco_fhir.connectors.hl7v2 import message_record
-from sonco_fhir.connectors.store import MessageStore, store_path
-from sonco_fhir.connectors.worker import Backoff, LoadingThread, process_pending
-from sonco_fhir.errors import ServerError
+from sonco_fhir.connectors.hl7v2 import message_record, message_records
+from sonco_fhir.connectors.store import MessageStore, patient_key, store_path
+from sonco_fhir.connectors.worker import Backoff, LoadingThread, count_held, process_pending
+from sonco_fhir.errors import Problem, ServerError
 from sonco_fhir.loading.hapi import FhirServer
 from sonco_fhir.pipeline import build_engine
 
@@ -30,6 +30,11 @@ from test_mllp import RunningListener, sample_message, send
 ORU_GENOMIC = REPOSITORY / "examples" / "hl7v2" / "ORU_R01_genomic_NB6TK328.hl7"
 OML_O21 = CASES / "hl7v2-microsoft-fhir-converter" / "OML-O21-01.hl7"
 LOAD_WAIT_SECONDS = 30.0
+
+
+def unmapped_message() -> str:
+    """The Microsoft OML^O21 sample relabelled with a message type that no mapping file applies to."""
+    return cr_text(OML_O21).replace("|OML^O21^OML_O21|", "|ZZZ^Z99^ZZZ_Z99|", 1)
 
 
 def cr_text(path) -> str:
@@ -154,14 +159,14 @@ def test_run_worker_backs_off_and_stops(store, monkeypatch, caplog):
 def test_unsupported_message_errors_then_replays(store, engine, monkeypatch):
     # No server is needed: the message fails at mapping, before any request.
     monkeypatch.setenv("SONCO_FHIR_URL", f"http://127.0.0.1:{free_port()}/fhir")
-    message_id, _ = store.accept(cr_text(OML_O21))
+    message_id, _ = store.accept(unmapped_message())
 
     counts = process_pending(store, engine, FhirServer(load_settings().fhir_url))
 
     assert (counts.done, counts.errors) == (0, 1)
     stored = store.get(message_id)
     assert stored.status == "error"
-    assert "OML" in stored.last_error
+    assert "ZZZ" in stored.last_error
     assert stored.error_location == f"message enregistré n° {message_id}"
     assert stored.attempts == 1
 
@@ -188,7 +193,7 @@ def test_unsupported_message_errors_then_replays(store, engine, monkeypatch):
 def test_errors_commands_in_english(store, engine):
     # The stored reason and location are in the language of the process that handled the message.
     i18n.set_language("en")
-    message_id, _ = store.accept(cr_text(OML_O21))
+    message_id, _ = store.accept(unmapped_message())
     process_pending(store, engine, FhirServer(f"http://127.0.0.1:{free_port()}/fhir"))
     runner = CliRunner()
 
@@ -290,3 +295,98 @@ def wait_for_port(port: int, process: subprocess.Popen, log_path) -> None:
         except OSError:
             time.sleep(0.2)
     raise AssertionError(f"listener not listening on port {port} after {LOAD_WAIT_SECONDS} s")
+
+
+def patient_message(control_id: str, ipp: int) -> str:
+    """An ADT^A28 from the ANS admission sample with its own MSH-10 and IPP, and no INS or visit."""
+    segments = sample_message().split("\r")
+    msh = segments[0].split("|")
+    msh[8] = "ADT^A28^ADT_A05"
+    msh[9] = control_id
+    pid = next(segment for segment in segments if segment.startswith("PID|")).split("|")
+    pid[3] = f"{ipp}^^^CHU-X&000897406&N^PI"
+    pid[18] = ""
+    evn = next(segment for segment in segments if segment.startswith("EVN|"))
+    return "\r".join(["|".join(msh), evn, "|".join(pid)])
+
+
+class FailingEngine:
+    """The real engine, except that mapping fails for the control ids in `failing`; records the mapping order."""
+
+    def __init__(self, engine, failing: set[str]):
+        self.engine = engine
+        self.failing = failing
+        self.mapped: list[str] = []
+
+    def map_record(self, record):
+        control_id = record.data["MSH"]["10"]
+        self.mapped.append(control_id)
+        result = self.engine.map_record(record)
+        if control_id in self.failing:
+            result.problems.append(Problem(record.origin, record.position, "mapping failure made by the test"))
+        return result
+
+
+@pytest.mark.server
+def test_patient_order_kept_after_failure(store, engine, cohort_env):
+    patient_a, patient_b = 810001, 810002
+    order = [("A1", patient_a), ("A2", patient_a), ("B1", patient_b), ("A3", patient_a), ("B2", patient_b)]
+    ids = {control_id: store.accept(patient_message(control_id, ipp))[0] for control_id, ipp in order}
+    failing = FailingEngine(engine, {"A1"})
+    server = FhirServer(cohort_env)
+
+    counts = process_pending(store, failing, server)
+
+    assert (counts.done, counts.errors, counts.held) == (2, 1, 2)
+    assert failing.mapped == ["A1", "B1", "B2"]
+    assert {control_id: store.get(ids[control_id]).status for control_id, _ in order} == {
+        "A1": "error", "A2": "pending", "B1": "done", "A3": "pending", "B2": "done",
+    }
+    assert count_held(store) == 2
+    listed = CliRunner().invoke(build_app(), ["--lang", "en", "errors", "list"])
+    assert "2 pending message(s) wait behind an earlier message in error of the same patient" in listed.output
+
+    # A later pass still keeps A2 and A3 waiting, and loads nothing out of order.
+    again = process_pending(store, failing, server)
+    assert (again.done, again.errors, again.held) == (0, 0, 2)
+
+    # After the mapping fix and a replay, a new store connection (as after a restart) resumes in order.
+    failing.failing.clear()
+    failing.mapped.clear()
+    store.reset_for_replay(ids["A1"])
+    with MessageStore(store.path) as reopened:
+        resumed = process_pending(reopened, failing, server)
+    assert (resumed.done, resumed.errors, resumed.held) == (3, 0, 0)
+    assert failing.mapped == ["A1", "A2", "A3"]
+    assert store.count("done") == 5
+    assert server.read("Patient", resource_ids(engine, patient_message("A3", patient_a))["Patient"]) is not None
+
+
+def test_patient_key_prefers_ipp():
+    message = patient_message("K1", 810003).replace(
+        "810003^^^CHU-X&000897406&N^PI", "1234567890123^^^ASIP-SANTE-INS-NIR&1.2.250.1.213.1.4.8&ISO^INS~810003^^^CHU-X&000897406&N^PI")
+
+    assert patient_key(message) == "810003^CHU-X^000897406"
+    assert patient_key(minimal_message_without_pid()) is None
+
+
+def minimal_message_without_pid() -> str:
+    return "MSH|^~\\&|LAB|SITE|SONCO|SONCO|20240306111154||ORU^R01|NP-1|P|2.5\rOBR|1"
+
+
+@pytest.mark.server
+def test_two_pair_merge_loads_both(store, engine, cohort_env):
+    # The Microsoft ADT^A40 sample merges two pairs of patients in one message.
+    text = cr_text(CASES / "hl7v2-microsoft-fhir-converter" / "ADT-A40-02.hl7")
+    message_id, _ = store.accept(text)
+
+    counts = process_pending(store, engine, FhirServer(cohort_env))
+
+    assert (counts.done, counts.errors) == (1, 0), store.get(message_id).last_error
+    records = message_records("mllp", 1, text, 1)
+    assert len(records) == 2
+    server = FhirServer(cohort_env)
+    for record in records:
+        mapped = engine.map_record(record)
+        assert mapped.problems == []
+        assert server.read("Patient", mapped.patient_id) is not None

@@ -35,7 +35,22 @@ CREATE TABLE IF NOT EXISTS messages (
     UNIQUE (sending_application, sending_facility, control_id)
 );
 CREATE INDEX IF NOT EXISTS messages_status ON messages (status, id);
+CREATE TABLE IF NOT EXISTS rejections (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    received_at TEXT NOT NULL,
+    peer TEXT NOT NULL,
+    sending_application TEXT NOT NULL,
+    sending_facility TEXT NOT NULL,
+    control_id TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    location TEXT,
+    error_code TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    message TEXT NOT NULL
+);
 """
+# Characters of a rejected frame kept in the rejections table, enough to read its header and first segments.
+REJECTED_TEXT_CHARS = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -77,6 +92,8 @@ def read_header(text: str) -> MessageHeader | None:
     if not text.startswith("MSH") or len(text) < 8:
         return None
     segment = text.replace("\r\n", "\r").replace("\n", "\r").split("\r", 1)[0]
+    if len(segment) < 8:
+        return None
     separator = segment[3]
     fields = tuple(segment.split(separator))
     encoding = fields[1] if len(fields) > 1 else ""
@@ -102,6 +119,28 @@ class StoredMessage:
     attempts: int
     last_error: str | None
     error_location: str | None
+
+
+@dataclass(frozen=True)
+class RejectedFrame:
+    """One frame rejected at reception (AR), kept so that `sonco-fhir errors` can show it.
+
+    Rejected frames are kept apart from the messages, without the
+    de-duplication key, so that a corrected message re-sent with the same
+    MSH-10 is stored normally.
+    """
+
+    id: int
+    received_at: str
+    peer: str
+    sending_application: str
+    sending_facility: str
+    control_id: str
+    reason: str
+    location: str | None
+    error_code: str
+    size: int
+    message: str
 
 
 class MessageStore:
@@ -160,9 +199,45 @@ class MessageStore:
             return None, True
         return cursor.lastrowid, False
 
-    def pending(self, limit: int | None = None) -> list[StoredMessage]:
-        """Return messages waiting to be mapped, oldest first."""
-        return self._select("pending", limit)
+    def record_rejection(self, text: str, size: int, peer: str, reason: str, location: str, error_code: str) -> int:
+        """Keep a rejected frame (its first REJECTED_TEXT_CHARS characters) with the reason of its AR; return its id."""
+        header = read_header(text)
+        received_at = datetime.now(timezone.utc).isoformat(timespec="microseconds")
+        with self._lock:
+            cursor = self._connection.execute(
+                "INSERT INTO rejections (received_at, peer, sending_application, sending_facility, control_id,"
+                " reason, location, error_code, size, message) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (received_at, peer, header.sending_application if header else "",
+                 header.sending_facility if header else "", header.control_id if header else "",
+                 reason, location or None, error_code, size, text[:REJECTED_TEXT_CHARS]),
+            )
+        return cursor.lastrowid
+
+    def rejections(self, limit: int | None = None) -> list[RejectedFrame]:
+        """Return the frames rejected at reception, oldest first."""
+        query, parameters = "SELECT * FROM rejections ORDER BY id", ()
+        if limit is not None:
+            query, parameters = query + " LIMIT ?", (limit,)
+        with self._lock:
+            rows = self._connection.execute(query, parameters).fetchall()
+        return [RejectedFrame(**dict(row)) for row in rows]
+
+    def get_rejection(self, rejection_id: int) -> RejectedFrame:
+        with self._lock:
+            row = self._connection.execute("SELECT * FROM rejections WHERE id = ?", (rejection_id,)).fetchone()
+        if row is None:
+            raise KeyError(f"no rejected HL7 v2 frame with id {rejection_id}")
+        return RejectedFrame(**dict(row))
+
+    def delete_rejection(self, rejection_id: int) -> None:
+        with self._lock:
+            cursor = self._connection.execute("DELETE FROM rejections WHERE id = ?", (rejection_id,))
+        if cursor.rowcount == 0:
+            raise KeyError(f"no rejected HL7 v2 frame with id {rejection_id}")
+
+    def pending(self, limit: int | None = None, after_id: int = 0) -> list[StoredMessage]:
+        """Return messages waiting to be mapped, oldest first, from the row after `after_id` on."""
+        return self._select("pending", limit, after_id)
 
     def errors(self, limit: int | None = None) -> list[StoredMessage]:
         """Return messages whose last processing failed, oldest first."""
@@ -204,13 +279,25 @@ class MessageStore:
             (reason, location or None, message_id),
         )
 
+    def record_retry(self, message_id: int, reason: str) -> None:
+        """Count a failed attempt that will be retried: the message stays pending, with `reason` kept.
+
+        One statement does both, so a crash cannot leave the message half-updated.
+        """
+        self._update(
+            message_id,
+            "UPDATE messages SET status = 'pending', attempts = attempts + 1, last_error = ?, error_location = NULL"
+            " WHERE id = ?",
+            (reason, message_id),
+        )
+
     def reset_for_replay(self, message_id: int) -> None:
         """Put a message back in the pending queue; the attempt count and last error are kept."""
         self._update(message_id, "UPDATE messages SET status = 'pending' WHERE id = ?", (message_id,))
 
-    def _select(self, status: str, limit: int | None) -> list[StoredMessage]:
-        query = "SELECT * FROM messages WHERE status = ? ORDER BY id"
-        parameters: tuple = (status,)
+    def _select(self, status: str, limit: int | None, after_id: int = 0) -> list[StoredMessage]:
+        query = "SELECT * FROM messages WHERE status = ? AND id > ? ORDER BY id"
+        parameters: tuple = (status, after_id)
         if limit is not None:
             query += " LIMIT ?"
             parameters += (limit,)
@@ -229,6 +316,35 @@ class MessageStore:
         if status not in STATUSES:
             raise ValueError(f"invalid message status {status!r} (expected one of {', '.join(STATUSES)})")
         return status
+
+
+def patient_key(text: str) -> str | None:
+    """Return the key that orders a message among its patient's messages, or None when it names no patient.
+
+    The key is the PID-3 repetition of type PI (the IPP), else the first
+    non-empty one, as "value^namespace^OID" of CX-1 and CX-4. It is compared
+    in memory only and is never logged, because it is an identifier.
+    """
+    header = read_header(text)
+    if header is None:
+        return None
+    separator = header.field_separator
+    component, repetition = header.encoding_characters[0], header.encoding_characters[1]
+    subcomponent = header.encoding_characters[3]
+    segments = text.replace("\r\n", "\r").replace("\n", "\r").split("\r")
+    pid = next((segment for segment in segments if segment.startswith("PID" + separator)), None)
+    if pid is None:
+        return None
+    fields = pid.split(separator)
+    if len(fields) <= 3:
+        return None
+    identifiers = [value.split(component) for value in fields[3].split(repetition)]
+    identifiers = [parts for parts in identifiers if parts[0]]
+    if not identifiers:
+        return None
+    chosen = next((parts for parts in identifiers if len(parts) > 4 and parts[4] == "PI"), identifiers[0])
+    authority = chosen[3].split(subcomponent) if len(chosen) > 3 else []
+    return "^".join([chosen[0], *authority[:2]])
 
 
 def store_path(data_dir: Path) -> Path:

@@ -6,10 +6,14 @@ that the FHIR server rejects, moves to the error status with a reason that
 quotes no field value. When the server is unreachable the message stays
 pending and the worker tries again later, with a capped exponential delay.
 
-NOTE: messages are processed in arrival order over the whole store, one at
-a time, and a pass stops at the first unreachable-server failure. That
-keeps the order per patient, but one message in error does not hold back
-that patient's later messages.
+Messages are loaded in arrival order per patient (see `patient_key`): a
+message waits while an earlier message of the same patient is in error,
+until `sonco-fhir errors replay` puts that one back in the queue. Messages
+of other patients go on. An unreachable server stops the whole pass,
+because it fails every patient alike.
+
+NOTE: a merge (ADT^A40) is ordered with its surviving patient only, so it
+does not wait for an earlier message in error about the merged patient.
 """
 
 import logging
@@ -24,8 +28,8 @@ from ..i18n import t
 from ..loading.hapi import TIMEOUT_SECONDS, FhirServer
 from ..mapping.engine import MappingEngine
 from ..pipeline import RunSummary, build_engine, load_records
-from .hl7v2 import MessageError, message_record
-from .store import MessageStore, StoredMessage
+from .hl7v2 import MessageError, message_records
+from .store import MessageStore, StoredMessage, patient_key
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +44,8 @@ class WorkerCounts:
 
     done: int = 0
     errors: int = 0
+    # Messages skipped because an earlier message of the same patient is in error.
+    held: int = 0
     server_unreachable: bool = False
     server_error: str = ""
 
@@ -59,53 +65,112 @@ class Backoff:
 
 def process_pending(store: MessageStore, engine: MappingEngine, server: FhirServer,
                     max_messages: int | None = None) -> WorkerCounts:
-    """Map and load pending messages in arrival order, and record each outcome in the store.
+    """Map and load pending messages in arrival order per patient, and record each outcome in the store.
 
-    The pass stops at the first ServerError (server unreachable or
-    overloaded): that message stays pending with one more attempt counted,
-    and `server_unreachable` is set so that the caller retries later.
+    At most `max_messages` messages are processed (None: all), while held
+    messages are skipped without counting. The pass stops at the first
+    ServerError (server unreachable or overloaded): that message stays
+    pending with one more attempt counted, and `server_unreachable` is set
+    so that the caller retries later.
     """
     counts = WorkerCounts()
-    for message in store.pending(limit=max_messages):
-        try:
-            reason, location = _map_and_load(message, engine, server)
-        except ServerError as error:
-            _count_attempt_keep_pending(store, message, str(error))
-            log.warning("FHIR server unreachable while loading stored message %d (MSH-10 %s): %s",
-                        message.id, message.control_id, error)
-            counts.server_unreachable = True
-            counts.server_error = str(error)
-            return counts
-        if reason is None:
-            store.mark_done(message.id)
-            counts.done += 1
-            continue
-        store.mark_error(message.id, reason, location)
-        counts.errors += 1
-        log.error("stored message %d (MSH-10 %s) set aside, run `sonco-fhir errors show %d` for the reason",
-                  message.id, message.control_id, message.id)
+    blocking = _blocking_errors(store)
+    last_id = 0
+    while max_messages is None or counts.processed < max_messages:
+        page = store.pending(limit=BATCH_SIZE, after_id=last_id)
+        if not page:
+            break
+        for message in page:
+            last_id = message.id
+            if max_messages is not None and counts.processed >= max_messages:
+                break
+            key = patient_key(message.message)
+            if key is not None and blocking.get(key, message.id) < message.id:
+                counts.held += 1
+                log.debug("stored message %d (MSH-10 %s) waits for message %d of the same patient, in error",
+                         message.id, message.control_id, blocking[key])
+                continue
+            outcome = _process_one(store, engine, server, message, counts)
+            if outcome == "unreachable":
+                return counts
+            if outcome == "error" and key is not None:
+                blocking.setdefault(key, message.id)
     return counts
 
 
+def count_held(store: MessageStore) -> int:
+    """Count the pending messages that wait behind an earlier message in error of the same patient."""
+    blocking = _blocking_errors(store)
+    if not blocking:
+        return 0
+    held = 0
+    for message in store.pending():
+        key = patient_key(message.message)
+        if key is not None and blocking.get(key, message.id) < message.id:
+            held += 1
+    return held
+
+
+def _blocking_errors(store: MessageStore) -> dict[str, int]:
+    """Return, per patient key, the id of that patient's oldest message in error."""
+    blocking: dict[str, int] = {}
+    for message in store.errors():
+        key = patient_key(message.message)
+        if key is not None:
+            blocking.setdefault(key, message.id)
+    return blocking
+
+
+def _process_one(store: MessageStore, engine: MappingEngine, server: FhirServer, message: StoredMessage,
+                 counts: WorkerCounts) -> str:
+    """Process one message, update `counts` and return the outcome: "done", "error" or "unreachable"."""
+    try:
+        reason, location = _map_and_load(message, engine, server)
+    except ServerError as error:
+        store.record_retry(message.id, str(error))
+        log.warning("FHIR server unreachable while loading stored message %d (MSH-10 %s): %s",
+                    message.id, message.control_id, error)
+        counts.server_unreachable = True
+        counts.server_error = str(error)
+        return "unreachable"
+    if reason is None:
+        store.mark_done(message.id)
+        counts.done += 1
+        return "done"
+    store.mark_error(message.id, reason, location)
+    counts.errors += 1
+    log.error("stored message %d (MSH-10 %s) set aside, run `sonco-fhir errors show %d` for the reason",
+              message.id, message.control_id, message.id)
+    return "error"
+
+
 def _map_and_load(message: StoredMessage, engine: MappingEngine, server: FhirServer) -> tuple[str | None, str]:
-    """Map and load one message, returning (None, "") on success, else a (reason, location) pair without field values."""
+    """Map and load one message, returning (None, "") on success, else a (reason, location) pair without field values.
+
+    An ADT^A40 with several PID/MRG pairs gives one record per pair, and the
+    message succeeds only when every record is loaded.
+    """
     position = t("position.stored_message", id=message.id)
     try:
-        record = message_record(ORIGIN, 1, message.message, message.id)
+        records = message_records(ORIGIN, 1, message.message, message.id)
     except (ValueError, IndexError, KeyError) as error:
         # Only our own messages are kept: a library's may quote the segment text.
         detail = str(error) if isinstance(error, MessageError) else type(error).__name__
         return t("problem.v2_unparseable", reason=detail), position
-    record.position = position
 
-    mapped = engine.map_record(record)
-    if mapped.problems:
-        return _joined([problem.message for problem in mapped.problems]), _joined(
-            [problem.location for problem in mapped.problems])
+    mapped_records = []
+    for record in records:
+        if len(records) == 1:
+            record.position = position
+        mapped = engine.map_record(record)
+        if mapped.problems:
+            return _joined([problem.message for problem in mapped.problems]), _joined(
+                [problem.location for problem in mapped.problems])
+        mapped_records.append(mapped)
 
-    summary = RunSummary(records_read=1, records_parsed=1, records_mapped=1)
-    load_records([mapped], server, summary)
-    if summary.records_loaded == 1:
+    summary = RunSummary(records_read=len(records), records_parsed=len(records), records_mapped=len(records))
+    load_records(mapped_records, server, summary)
+    if summary.records_loaded == len(records):
         return None, ""
     # NOTE: this reason contains the server's OperationOutcome text, which HAPI writes and which
     # may name an element of the rejected resource.
@@ -115,14 +180,6 @@ def _map_and_load(message: StoredMessage, engine: MappingEngine, server: FhirSer
 
 def _joined(texts: list[str]) -> str:
     return "; ".join(dict.fromkeys(text for text in texts if text))
-
-
-def _count_attempt_keep_pending(store: MessageStore, message: StoredMessage, reason: str) -> None:
-    # NOTE: MessageStore has no single statement that counts an attempt and keeps the message
-    # pending, so two commits do it. A crash between them leaves the message in error status,
-    # from where `sonco-fhir errors replay` puts it back.
-    store.mark_error(message.id, reason, "")
-    store.reset_for_replay(message.id)
 
 
 def run_worker(store: MessageStore, engine: MappingEngine, server: FhirServer, stop_event: threading.Event,
@@ -136,6 +193,7 @@ def run_worker(store: MessageStore, engine: MappingEngine, server: FhirServer, s
     log.info("HL7 v2 loading worker started, FHIR server %s", server.base_url)
     delay = backoff.initial
     retries = 0
+    held_count = 0
     while not stop_event.is_set():
         try:
             counts = process_pending(store, engine, server, max_messages=BATCH_SIZE)
@@ -152,6 +210,10 @@ def run_worker(store: MessageStore, engine: MappingEngine, server: FhirServer, s
             delay = min(delay * 2, backoff.maximum)
             continue
 
+        if counts.held != held_count:
+            held_count = counts.held
+            log.warning("%d stored HL7 v2 message(s) wait behind an earlier message in error of the same patient."
+                        " See `sonco-fhir errors list`.", held_count)
         if retries:
             log.info("FHIR server reachable again after %d retries", retries)
         delay, retries = backoff.initial, 0
