@@ -68,7 +68,11 @@ def build_engine(settings: Settings, read_only: bool) -> MappingEngine:
 
 
 def map_source(kind: str, paths: list[Path], settings: Settings, engine: MappingEngine) -> tuple[list[MappedRecord], RunSummary]:
-    read = read_source(kind, paths, settings)
+    return map_read(read_source(kind, paths, settings), engine)
+
+
+def map_read(read: ReadResult, engine: MappingEngine) -> tuple[list[MappedRecord], RunSummary]:
+    """Map the records a connector read (files, or an API poll), counting them in a RunSummary."""
     summary = RunSummary(records_read=len(read.records) + len(read.problems), records_parsed=len(read.records),
                          problems=list(read.problems))
     mapped_records = []

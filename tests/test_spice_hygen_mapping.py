@@ -112,8 +112,9 @@ def read_spice(path: Path):
 def test_spice_examples_map_every_row(settings, engine):
     _, summary = run("spice", [SPICE_DIR], settings, engine)
     assert summary.problems == []
-    assert summary.records_read == 20
-    assert summary.records_mapped == 20
+    # 7 demandes, 11 prelevements, 3 requests with findings, 4 comptes_rendus, 3 rcp_aval.
+    assert summary.records_read == 28
+    assert summary.records_mapped == 28
 
 
 def test_spice_lab_organization(spice):
@@ -268,7 +269,7 @@ def test_spice_no_actionable_careplan(spice):
 
 def test_spice_provenance(spice):
     provenances = of_type(spice, "Provenance")
-    assert len(provenances) == 20
+    assert len(provenances) == 28
     assert {p["agent"][1]["who"]["display"] for p in provenances} == {"SPICE (SeqOIA)"}
     recorded = {p["recorded"] for p in provenances}
     assert "2024-03-26T14:12:00+01:00" in recorded  # demandes row of DEM-2024-00871
@@ -430,7 +431,8 @@ def test_example_identifiers_found():
     identifiers = example_identifiers()
     assert ANS_TEST_INS in identifiers
     assert "000003" in identifiers
-    assert len(identifiers) == 6 * 3 - 1 + 6 * 3  # S4 has no INS-NIR in SPICE
+    # SPICE: 7 patients, 3 identifiers each, but S4 and S7 have no INS-NIR; HYGEN: 6 patients.
+    assert len(identifiers) == 7 * 3 - 2 + 6 * 3
 
 
 @pytest.mark.parametrize("kind", ["spice", "hygen"])
@@ -507,8 +509,8 @@ def test_missing_required_value(settings, engine, tmp_path):
     assert problem.location == "line 3, column date_prescription"
     assert problem.message == "required value missing"
     assert "date_prescription" in problem.fix
-    assert summary.records_mapped == 5
-    assert len(of_type(resources, "ServiceRequest")) == 5
+    assert summary.records_mapped == 6
+    assert len(of_type(resources, "ServiceRequest")) == 6
 
 
 def test_problem_never_shows_row_values(settings, engine, tmp_path):
@@ -544,7 +546,7 @@ def test_missing_optional_column(settings, engine, tmp_path):
                      header[:column] + header[column + 1:], [row[:column] + row[column + 1:] for row in rows])
     _, summary = run("spice", [path], settings, engine)
     assert summary.problems == []
-    assert summary.records_mapped == 6
+    assert summary.records_mapped == 7
 
 
 def test_unknown_file_name(settings, engine, tmp_path):
@@ -557,7 +559,7 @@ def test_unknown_file_name(settings, engine, tmp_path):
     assert problem.location == "file"
     assert "matches no SPICE export file" in problem.message
     assert "spice_demandes_*.csv" in problem.fix
-    assert summary.records_mapped == 6
+    assert summary.records_mapped == 7
 
 
 def test_bad_date(settings, engine, tmp_path):
@@ -569,7 +571,7 @@ def test_bad_date(settings, engine, tmp_path):
     assert summary.problems[0].location == "line 5, column date_prescription"
     assert summary.problems[0].message == "invalid date"
     assert "JJ/MM/AAAA" in summary.problems[0].fix
-    assert summary.records_mapped == 5
+    assert summary.records_mapped == 6
 
 
 def test_partial_date(settings, engine, tmp_path):
@@ -632,7 +634,7 @@ def test_byte_order_mark_accepted(settings, engine):
     assert SPICE_PRELEVEMENTS.read_bytes().startswith(b"\xef\xbb\xbf")
     _, summary = run("spice", [SPICE_DEMANDES, SPICE_PRELEVEMENTS], settings, engine)
     assert summary.problems == []
-    assert summary.records_mapped == 14
+    assert summary.records_mapped == 18  # 7 requests and 11 samples
 
 
 def test_wrong_number_of_values(settings, engine, tmp_path):
@@ -643,7 +645,7 @@ def test_wrong_number_of_values(settings, engine, tmp_path):
     assert len(summary.problems) == 1
     assert summary.problems[0].location == "line 4"
     assert summary.problems[0].message == f"{len(header) + 1} values but the header has {len(header)} columns"
-    assert summary.records_mapped == 5
+    assert summary.records_mapped == 6
 
 
 def test_duplicate_row_in_file(settings, engine, tmp_path):
@@ -651,7 +653,7 @@ def test_duplicate_row_in_file(settings, engine, tmp_path):
     path = write_csv(tmp_path / "spice_demandes_20240703.csv", header, rows + [rows[0]])
     _, summary = run("spice", [path], settings, engine)
     assert len(summary.problems) == 1
-    assert summary.problems[0].location == "line 8"
+    assert summary.problems[0].location == "line 9"
     assert summary.problems[0].message == "same numero_demande as line 2; this row is set aside"
 
 
@@ -740,15 +742,24 @@ def contract_fields(fields, prefix=""):
         yield from contract_fields(spec.get("fields", []), f"{path}{nested}")
 
 
+# Coded fields, by the last part of their path, and the ConceptMap that maps their values.
 CODE_TABLES = {
     "type_analyse": "spice-hygen-analysis-type",
+    "analyse_realisee": "spice-hygen-analysis-type",
     "preindication": "spice-hygen-preindication",
     "type_prelevement": "spice-hygen-sample-type",
     "conservation": "spice-hygen-sample-preservation",
     "recommandation": "spice-hygen-rcp-recommendation",
-    "type": "spice-hygen-rcp-recommendation",
+    "recommandations[].type": "spice-hygen-rcp-recommendation",
     "motif_echec": "spice-hygen-sequencing-failure-reason",
+    "origine": "spice-hygen-genomic-source-class",
+    "statut_msi": "spice-hygen-msi-status",
+    "effet": "spice-hygen-therapeutic-effect",
 }
+
+
+def code_table(path: str) -> str | None:
+    return next((table for suffix, table in CODE_TABLES.items() if path == suffix or path.endswith("." + suffix)), None)
 
 
 @pytest.mark.parametrize("kind", ["spice", "hygen"])
@@ -757,13 +768,14 @@ def test_contract_values_have_codes(engine, kind):
     checked = 0
     for file_spec in contract["files"]:
         for path, spec in contract_fields(file_spec["fields"]):
-            table = CODE_TABLES.get(spec["name"])
+            table = code_table(path)
             if table is None:
                 continue
             for value in spec["values"]:
                 assert engine.conceptmaps.translate(table, value), f"{path}: no code for {value} in {table}"
                 checked += 1
-    assert checked == 20
+    # Contract 1.1: 20 values before, plus analyse_realisee (3), origine (2), statut_msi (2) and effet (2).
+    assert checked == 29
 
 
 @pytest.mark.parametrize("document", ["connectors-spice-hygen.md", "connectors-spice-hygen.fr.md"])

@@ -1,15 +1,20 @@
-"""SPICE and HYGEN exports: CSV and JSON files read against the platform's export contract.
+"""SPICE and HYGEN exports: CSV, XLSX and JSON files read against the platform's export contract.
 
 The contract is `connectors/<kind>.yaml` at the repository root (beside
 `mappings/`). It lists the export files by file name pattern, gives each a
 `file_kind`, a format (CSV with its delimiter, or JSON) and the fields
-expected, with those that are required. The connector checks every row or
-record against it and yields one SourceRecord per valid row or record.
-Templates see `row` (the checked values), `source` and `source_system`.
+expected, with those that are required. A CSV file may also come as an
+XLSX workbook of the same name with the suffix `.xlsx`: same columns, read
+from the sheet named after the file kind, or from the only sheet. The
+connector checks every row or record against the contract and yields one
+SourceRecord per valid row or record, or per group of rows when the file
+declares `group_by`. Templates see `row` (the checked values), `rows` (the
+rows of a group), `source` and `source_system`. The records that `read_api`
+gets from a platform's REST API (platform_api.py) go through the same checks.
 
-A problem names the file, line or record, column or field, and the fix, but
-never the value, which may be personal data. A bad row is set aside and the
-other rows of the file still load.
+A problem names the file, line (sheet and row) or record, column or field,
+and the fix, but never the value, which may be personal data. A bad row is
+set aside and the other rows of the file still load.
 """
 
 import csv
@@ -19,131 +24,32 @@ import json
 import re
 import unicodedata
 from dataclasses import dataclass, field
+from datetime import date, datetime, time
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
+from zipfile import BadZipFile
 
+import openpyxl
 import yaml
 
 from ..config import Settings
 from ..errors import ConfigurationError, Problem
-from ..i18n import language
+from ..i18n import t
 from ..mapping.dates import InvalidDate, export_datetime
 from .base import ReadResult, SourceRecord, expand_paths
 
-FIELD_TYPES = ("text", "date", "datetime", "list", "object")
+FIELD_TYPES = ("text", "number", "date", "datetime", "list", "object")
 FORMATS = ("csv", "json")
 CHECKS = ("ins-nir",)
 _BOM = "\ufeff"
 _INS_NIR = re.compile(r"^[0-9]{5}(?:[0-9]{2}|2A|2B)[0-9]{8}$")
 
-# Problem texts, in the two languages of the CLI (`--lang`, SONCO_LANG).
-_MESSAGES = {
-    "en": {
-        "where.file": "file",
-        "where.header": "header (line {line})",
-        "where.line": "line {line}",
-        "where.record": "record {index}",
-        "where.column": "line {line}, column {names}",
-        "where.columns": "line {line}, columns {names}",
-        "where.field": "record {index}, field {names}",
-        "where.fields": "record {index}, fields {names}",
-        "file.unreadable": "cannot be read: {reason}",
-        "file.unknown": "the file name matches no {platform} export file",
-        "file.unknown.fix": "name the file after one of the patterns {patterns}, or check the source kind",
-        "file.not_utf8": "is not UTF-8 text (first invalid byte on line {line})",
-        "file.not_utf8.fix": "export the file as UTF-8 (in a spreadsheet: save as 'CSV UTF-8')",
-        "file.empty": "contains no header line",
-        "file.empty.fix": "export the file again with its header line",
-        "header.missing": "missing required column(s): {names}",
-        "header.missing.fix": "add the column(s) to the export; {contract} lists the expected columns",
-        "header.delimiter": "the header is separated by '{found}' but the {platform} contract uses '{expected}'",
-        "header.delimiter.fix": "export the file with '{expected}' as the delimiter",
-        "header.duplicate": "column {names} appears more than once in the header",
-        "header.duplicate.fix": "keep one column of each name",
-        "row.field_count": "{found} values but the header has {expected} columns",
-        "row.field_count.fix": "check the delimiter and the quotes on this line",
-        "row.duplicate": "same {names} as line {other}; this row is set aside",
-        "row.duplicate.fix": "remove the duplicate row from the export",
-        "record.duplicate": "same {names} as record {other}; this record is set aside",
-        "json.invalid": "invalid JSON: {reason}",
-        "json.invalid.fix": "export the file again; it must be one JSON document",
-        "json.root": "the JSON document must be a list of records or an object with a '{records}' list",
-        "json.root.fix": "check the file is a {platform} export of the kind '{file_kind}'",
-        "json.record": "the record is not a JSON object",
-        "json.record.fix": "each element of the list must be an object {...}",
-        "value.missing": "required value missing",
-        "value.missing.fix": "fill in {names} in {platform}, then export again",
-        "value.not_allowed": "value not allowed",
-        "value.not_allowed.fix": "use one of: {values}",
-        "value.bad_date": "invalid date",
-        "value.bad_date.fix": "write dates as {expected}",
-        "value.partial_date": "incomplete date",
-        "value.partial_date.fix": "give day, month and year ({expected})",
-        "value.bad_format": "invalid format",
-        "value.bad_format.fix": "expected a value like {example}",
-        "value.bad_ins": "not a valid INS-NIR",
-        "value.bad_ins.fix": "an INS-NIR has 15 characters and ends with its 2-digit control key; correct it in {platform}",
-        "value.not_text": "must be text",
-        "value.not_list": "must be a list",
-        "value.not_object": "must be an object",
-        "value.type.fix": "follow the field types listed in {contract}",
-    },
-    "fr": {
-        "where.file": "fichier",
-        "where.header": "en-tête (ligne {line})",
-        "where.line": "ligne {line}",
-        "where.record": "enregistrement {index}",
-        "where.column": "ligne {line}, colonne {names}",
-        "where.columns": "ligne {line}, colonnes {names}",
-        "where.field": "enregistrement {index}, champ {names}",
-        "where.fields": "enregistrement {index}, champs {names}",
-        "file.unreadable": "illisible : {reason}",
-        "file.unknown": "le nom du fichier ne correspond à aucun fichier d'export {platform}",
-        "file.unknown.fix": "nommez le fichier selon l'un des modèles {patterns}, ou vérifiez le type de source",
-        "file.not_utf8": "n'est pas un texte UTF-8 (premier octet invalide à la ligne {line})",
-        "file.not_utf8.fix": "exportez le fichier en UTF-8 (dans un tableur : enregistrer au format « CSV UTF-8 »)",
-        "file.empty": "ne contient pas de ligne d'en-tête",
-        "file.empty.fix": "exportez de nouveau le fichier avec sa ligne d'en-tête",
-        "header.missing": "colonne(s) obligatoire(s) absente(s) : {names}",
-        "header.missing.fix": "ajoutez la ou les colonnes à l'export ; {contract} liste les colonnes attendues",
-        "header.delimiter": "l'en-tête est séparé par « {found} » mais le contrat {platform} utilise « {expected} »",
-        "header.delimiter.fix": "exportez le fichier avec « {expected} » comme séparateur",
-        "header.duplicate": "la colonne {names} apparaît plusieurs fois dans l'en-tête",
-        "header.duplicate.fix": "gardez une seule colonne de chaque nom",
-        "row.field_count": "{found} valeurs alors que l'en-tête a {expected} colonnes",
-        "row.field_count.fix": "vérifiez le séparateur et les guillemets de cette ligne",
-        "row.duplicate": "même {names} qu'à la ligne {other} ; cette ligne est mise de côté",
-        "row.duplicate.fix": "supprimez la ligne en double de l'export",
-        "record.duplicate": "même {names} que l'enregistrement {other} ; cet enregistrement est mis de côté",
-        "json.invalid": "JSON invalide : {reason}",
-        "json.invalid.fix": "exportez de nouveau le fichier ; il doit contenir un seul document JSON",
-        "json.root": "le document JSON doit être une liste d'enregistrements ou un objet avec une liste « {records} »",
-        "json.root.fix": "vérifiez qu'il s'agit d'un export {platform} de type « {file_kind} »",
-        "json.record": "l'enregistrement n'est pas un objet JSON",
-        "json.record.fix": "chaque élément de la liste doit être un objet {...}",
-        "value.missing": "valeur obligatoire absente",
-        "value.missing.fix": "renseignez {names} dans {platform}, puis exportez de nouveau",
-        "value.not_allowed": "valeur non autorisée",
-        "value.not_allowed.fix": "utilisez l'une des valeurs : {values}",
-        "value.bad_date": "date invalide",
-        "value.bad_date.fix": "écrivez les dates au format {expected}",
-        "value.partial_date": "date incomplète",
-        "value.partial_date.fix": "donnez le jour, le mois et l'année ({expected})",
-        "value.bad_format": "format invalide",
-        "value.bad_format.fix": "valeur attendue de la forme {example}",
-        "value.bad_ins": "INS-NIR invalide",
-        "value.bad_ins.fix": "un INS-NIR compte 15 caractères et se termine par sa clé de contrôle à 2 chiffres ; corrigez-le dans {platform}",
-        "value.not_text": "doit être un texte",
-        "value.not_list": "doit être une liste",
-        "value.not_object": "doit être un objet",
-        "value.type.fix": "respectez les types de champ listés dans {contract}",
-    },
-}
 _DATE_FORMATS = {"csv": "JJ/MM/AAAA", "json": "AAAA-MM-JJ"}
 
 
 def _text(key: str, **values) -> str:
-    catalogue = _MESSAGES.get(language(), _MESSAGES["fr"])
-    return catalogue[key].format(**values)
+    """Return a reading problem's text from the `platforms.*` keys of the locale catalogues."""
+    return t(f"platforms.{key}", **values)
 
 
 # --- the contract ---
@@ -162,6 +68,8 @@ class FieldSpec:
     check: str | None = None
     separator: str | None = None
     fields: list["FieldSpec"] = field(default_factory=list)
+    # Sibling field name -> the values of it that make this field required.
+    required_when: dict[str, list[str]] = field(default_factory=dict)
 
 
 @dataclass
@@ -173,6 +81,8 @@ class FileSpec:
     fields: list[FieldSpec]
     delimiter: str = ";"
     records: str | None = None
+    # Columns whose rows make one record together (all the findings of one request), in file order.
+    group_by: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -181,11 +91,16 @@ class Contract:
     platform: str
     source_system: str
     files: list[FileSpec]
+    api: dict | None = None  # the raw `api` section, checked by platform_api.load_api_config
 
     def file_for(self, path: Path) -> FileSpec | None:
+        """Return the file spec whose pattern matches the name; a CSV pattern also matches the `.xlsx` name."""
         name = path.name.lower()
         for spec in self.files:
-            if fnmatch.fnmatchcase(name, spec.pattern.lower()):
+            pattern = spec.pattern.lower()
+            if fnmatch.fnmatchcase(name, pattern):
+                return spec
+            if spec.format == "csv" and pattern.endswith(".csv") and fnmatch.fnmatchcase(name, pattern[:-4] + ".xlsx"):
                 return spec
         return None
 
@@ -209,7 +124,8 @@ def load_contract(kind: str, settings: Settings) -> Contract:
         if not content.get(key):
             raise ConfigurationError(f"{path}: missing key '{key}'")
     files = [_file_spec(path, index, entry) for index, entry in enumerate(content["files"])]
-    return Contract(path=path, platform=str(content["platform"]), source_system=str(content["source_system"]), files=files)
+    return Contract(path=path, platform=str(content["platform"]), source_system=str(content["source_system"]), files=files,
+                    api=content.get("api"))
 
 
 def _file_spec(path: Path, index: int, entry) -> FileSpec:
@@ -227,12 +143,18 @@ def _file_spec(path: Path, index: int, entry) -> FileSpec:
     for key in keys:
         if key not in by_name or not by_name[key].required or by_name[key].type != "text":
             raise ConfigurationError(f"{where}: key field '{key}' must be a declared, required text field")
+    group_by = entry.get("group_by") or []
+    group_by = group_by if isinstance(group_by, list) else [group_by]
+    for name in group_by:
+        if name not in by_name or not by_name[name].required:
+            raise ConfigurationError(f"{where}: group_by field '{name}' must be a declared, required field")
     delimiter = str(entry.get("delimiter", ";"))
     if entry["format"] == "csv" and len(delimiter) != 1:
         raise ConfigurationError(f"{where}: delimiter must be one character")
     return FileSpec(
         file_kind=str(entry["file_kind"]), pattern=str(entry["pattern"]), format=entry["format"],
         key=[str(key) for key in keys], fields=fields, delimiter=delimiter, records=entry.get("records"),
+        group_by=[str(name) for name in group_by],
     )
 
 
@@ -249,6 +171,9 @@ def _field_spec(where: str, entry) -> FieldSpec:
         pattern = re.compile(entry["pattern"]) if entry.get("pattern") else None
     except re.error as error:
         raise ConfigurationError(f"{where}: invalid pattern: {error}") from None
+    required_when = entry.get("required_when") or {}
+    if not isinstance(required_when, dict):
+        raise ConfigurationError(f"{where}: required_when must map a field name to a list of values")
     return FieldSpec(
         name=str(entry["name"]).lower(),
         type=field_type,
@@ -259,6 +184,10 @@ def _field_spec(where: str, entry) -> FieldSpec:
         check=entry.get("check"),
         separator=entry.get("separator"),
         fields=[_field_spec(where, item) for item in entry.get("fields") or []],
+        required_when={
+            str(name).lower(): [str(value) for value in (values if isinstance(values, list) else [values])]
+            for name, values in required_when.items()
+        },
     )
 
 
@@ -297,6 +226,11 @@ def _check_text(spec: FieldSpec, value: str, path: str, date_format: str) -> tup
         if _fold(value) not in folded:
             return value, [Issue(path, "value.not_allowed", "value.not_allowed.fix", {"values": ", ".join(spec.values)})]
         value = folded[_fold(value)]
+    if spec.type == "number":
+        try:
+            Decimal(value.replace(",", "."))
+        except InvalidOperation:
+            return value, [Issue(path, "value.not_number", "value.not_number.fix", {"example": spec.example or "0,25"})]
     if spec.type in ("date", "datetime"):
         try:
             parsed = export_datetime(value)
@@ -309,6 +243,19 @@ def _check_text(spec: FieldSpec, value: str, path: str, date_format: str) -> tup
     if spec.pattern and not spec.pattern.search(value):
         return value, [Issue(path, "value.bad_format", "value.bad_format.fix", {"example": spec.example or spec.pattern.pattern})]
     return value, []
+
+
+def _cell_text(value) -> str:
+    """Convert a worksheet cell to the text a CSV export would hold: dates in ISO 8601, numbers as written."""
+    if value is None:
+        return ""
+    if isinstance(value, datetime):
+        return value.isoformat(timespec="seconds") if value.time() != time(0) else value.date().isoformat()
+    if isinstance(value, (date, time)):
+        return value.isoformat()
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
 
 
 def _as_text(value) -> str | None:
@@ -374,6 +321,21 @@ def check_fields(values: dict, specs: list[FieldSpec], prefix: str, date_format:
                 continue
             values[spec.name], found = _check_text(spec, text, path, date_format)
             issues.extend(found)
+    issues.extend(_conditional_issues(values, specs, prefix))
+    return issues
+
+
+def _conditional_issues(values: dict, specs: list[FieldSpec], prefix: str) -> list[Issue]:
+    """Check `required_when`: a field left empty while a sibling field has one of the listed values."""
+    issues = []
+    for spec in specs:
+        if values.get(spec.name) not in (None, [], ""):
+            continue
+        for name, triggers in spec.required_when.items():
+            if values.get(name) in triggers:
+                condition = f"{prefix}{name} = {values[name]}"
+                issues.append(Issue(f"{prefix}{spec.name}", "value.required_when", "value.missing.fix", {"condition": condition}))
+                break
     return issues
 
 
@@ -394,11 +356,14 @@ class _Reader:
         fix_text = _text(fix, **values) if fix else ""
         self.result.problems.append(Problem(origin, location, _text(message, **values), fix_text))
 
-    def issues_problem(self, origin: str, issues: list[Issue], line: int | None = None, index: int | None = None) -> None:
+    def issues_problem(self, origin: str, issues: list[Issue], line: int | None = None, index: int | None = None,
+                       sheet: str | None = None) -> None:
         """Add one problem for the row or record, naming every bad column or field."""
         names = ", ".join(dict.fromkeys(issue.path for issue in issues))
         plural = len({issue.path for issue in issues}) > 1
-        if line is not None:
+        if sheet is not None:
+            location = _text("where.sheet_cells" if plural else "where.sheet_cell", sheet=sheet, line=line, names=names)
+        elif line is not None:
             location = _text("where.columns" if plural else "where.column", line=line, names=names)
         else:
             location = _text("where.fields" if plural else "where.field", index=index, names=names)
@@ -410,8 +375,12 @@ class _Reader:
             fixes.append(_text(issue.fix, **values))
         self.result.problems.append(Problem(origin, location, "; ".join(messages), "; ".join(dict.fromkeys(fixes))))
 
-    def record(self, spec: FileSpec, origin: str, row: dict, position: str, where: dict) -> SourceRecord:
-        business_id = "|".join(str(row[name]) for name in spec.key)
+    def record(self, spec: FileSpec, origin: str, row: dict, position: str, where: dict,
+               rows: list[dict] | None = None) -> SourceRecord:
+        """Build the record of one row, or of a group of rows (`rows`, with `row` the first of them)."""
+        key_fields = spec.group_by if rows is not None else spec.key
+        business_id = "|".join(str(row[name]) for name in key_fields)
+        group = {"rows": rows} if rows is not None else {}
         return SourceRecord(
             kind=self.kind,
             origin=origin,
@@ -419,6 +388,7 @@ class _Reader:
             key=f"{self.kind}|{spec.file_kind}|{business_id}",
             data={
                 "row": row,
+                **group,
                 "source": {"kind": self.kind, "file_kind": spec.file_kind, "file": origin, **where},
                 "source_system": self.contract.source_system,
             },
@@ -440,39 +410,98 @@ class _Reader:
             return None
 
     def read_csv(self, path: Path, spec: FileSpec, text: str) -> None:
-        origin = str(path)
         reader = csv.reader(io.StringIO(text, newline=""), delimiter=spec.delimiter)
+
+        def lines():
+            previous_end = 0
+            for cells in reader:
+                line = previous_end + 1
+                previous_end = reader.line_num
+                yield line, cells
+
+        self.read_rows(str(path), spec, lines(), sheet=None)
+
+    def read_xlsx(self, path: Path, spec: FileSpec) -> None:
+        """Read the sheet named after the file kind, or the only sheet, in read-only mode."""
+        origin = str(path)
+        try:
+            workbook = openpyxl.load_workbook(path, read_only=True, data_only=True)
+        except (OSError, BadZipFile, KeyError, ValueError) as error:
+            self.problem(origin, _text("where.file"), "file.unreadable", reason=type(error).__name__)
+            return
+        try:
+            names = workbook.sheetnames
+            if spec.file_kind in names:
+                sheet_name = spec.file_kind
+            elif len(names) == 1:
+                sheet_name = names[0]
+            else:
+                self.problem(origin, _text("where.file"), "xlsx.sheet_missing", "xlsx.sheet_missing.fix", sheet=spec.file_kind)
+                return
+            rows = workbook[sheet_name].iter_rows(values_only=True)
+            cells = ((line, [_cell_text(value) for value in row]) for line, row in enumerate(rows, start=1))
+            self.read_rows(origin, spec, cells, sheet=sheet_name)
+        finally:
+            workbook.close()
+
+    def read_rows(self, origin: str, spec: FileSpec, lines, sheet: str | None) -> None:
+        """Check the header and each row of a CSV file or worksheet; `lines` yields (line number, cells)."""
         header: list[str] | None = None
         seen: dict[str, int] = {}
-        previous_end = 0
-        for cells in reader:
-            line = previous_end + 1
-            previous_end = reader.line_num
+        groups: dict[str, tuple[int, list[dict]]] = {}
+        for line, cells in lines:
             if not any(cell.strip() for cell in cells):
                 continue
             if header is None:
                 header = [cell.strip().lower() for cell in cells]
+                if sheet is not None:
+                    # Worksheets end with empty cells where a row is shorter than the widest one.
+                    while header and not header[-1]:
+                        header.pop()
                 if not self.check_header(origin, spec, header, line):
                     return
                 continue
+            if sheet is not None:
+                # A worksheet row has as many cells as the widest row: pad it, and drop empty cells past the header.
+                cells = cells + [""] * (len(header) - len(cells))
+                while len(cells) > len(header) and not cells[-1].strip():
+                    cells.pop()
             if len(cells) != len(header):
-                self.problem(origin, _text("where.line", line=line), "row.field_count", "row.field_count.fix",
+                self.problem(origin, self.where_line(line, sheet), "row.field_count", "row.field_count.fix",
                              found=len(cells), expected=len(header))
                 continue
             row = dict(zip(header, cells))
             issues = check_fields(row, spec.fields, "", _DATE_FORMATS["csv"])
             if issues:
-                self.issues_problem(origin, issues, line=line)
+                self.issues_problem(origin, issues, line=line, sheet=sheet)
                 continue
             business_id = "|".join(row[name] for name in spec.key)
             if business_id in seen:
-                self.problem(origin, _text("where.line", line=line), "row.duplicate", "row.duplicate.fix",
+                self.problem(origin, self.where_line(line, sheet), "row.duplicate", "row.duplicate.fix",
                              names=", ".join(spec.key), other=seen[business_id])
                 continue
             seen[business_id] = line
-            self.result.records.append(self.record(spec, origin, row, f"line {line}", {"line": line}))
+            if spec.group_by:
+                group_id = "|".join(row[name] for name in spec.group_by)
+                groups.setdefault(group_id, (line, []))[1].append(row)
+                continue
+            self.result.records.append(self.record(spec, origin, row, *self.place(line, sheet)))
+        # NOTE: a bad row leaves its group with the other rows; an implication pointing to it then fails to load.
+        for first_line, rows in groups.values():
+            self.result.records.append(self.record(spec, origin, rows[0], *self.place(first_line, sheet), rows=rows))
         if header is None:
             self.problem(origin, _text("where.file"), "file.empty", "file.empty.fix")
+
+    @staticmethod
+    def place(line: int, sheet: str | None) -> tuple[str, dict]:
+        """Return the record's position text and its `source` members, for a CSV line or a worksheet row."""
+        if sheet is None:
+            return f"line {line}", {"line": line}
+        return f"sheet {sheet}, row {line}", {"sheet": sheet, "line": line}
+
+    @staticmethod
+    def where_line(line: int, sheet: str | None) -> str:
+        return _text("where.line", line=line) if sheet is None else _text("where.sheet_row", sheet=sheet, line=line)
 
     def check_header(self, origin: str, spec: FileSpec, header: list[str], line: int) -> bool:
         where = _text("where.header", line=line)
@@ -494,7 +523,8 @@ class _Reader:
     def read_json(self, path: Path, spec: FileSpec, text: str) -> None:
         origin = str(path)
         try:
-            document = json.loads(text)
+            # Decimals stay text, so an allele frequency keeps the digits the lab sent.
+            document = json.loads(text, parse_float=str)
         except json.JSONDecodeError as error:
             self.problem(origin, _text("where.line", line=error.lineno), "json.invalid", "json.invalid.fix", reason=error.msg)
             return
@@ -503,8 +533,14 @@ class _Reader:
             self.problem(origin, _text("where.file"), "json.root", "json.root.fix",
                          records=spec.records or "", file_kind=spec.file_kind)
             return
+        self.read_objects(origin, spec, records)
+
+    def read_objects(self, origin: str, spec: FileSpec, records: list, first_index: int = 1) -> list[dict]:
+        """Check JSON records (a file's or an API page's); return those that passed, grouped ones included."""
         seen: dict[str, int] = {}
-        for index, record in enumerate(records, start=1):
+        groups: dict[str, tuple[int, list[dict]]] = {}
+        accepted = []
+        for index, record in enumerate(records, start=first_index):
             if not isinstance(record, dict):
                 self.problem(origin, _text("where.record", index=index), "json.record", "json.record.fix")
                 continue
@@ -518,7 +554,15 @@ class _Reader:
                              names=", ".join(spec.key), other=seen[business_id])
                 continue
             seen[business_id] = index
+            accepted.append(record)
+            if spec.group_by:
+                group_id = "|".join(record[name] for name in spec.group_by)
+                groups.setdefault(group_id, (index, []))[1].append(record)
+                continue
             self.result.records.append(self.record(spec, origin, record, f"record {index}", {"index": index}))
+        for first, rows in groups.values():
+            self.result.records.append(self.record(spec, origin, rows[0], f"record {first}", {"index": first}, rows=rows))
+        return accepted
 
 
 def read_files(kind: str, paths: list[Path], settings: Settings) -> ReadResult:
@@ -530,7 +574,10 @@ def read_files(kind: str, paths: list[Path], settings: Settings) -> ReadResult:
     """
     contract = load_contract(kind, settings)
     reader = _Reader(kind, contract)
-    suffixes = tuple(sorted({Path(spec.pattern).suffix.lower() for spec in contract.files if Path(spec.pattern).suffix}))
+    suffixes = {Path(spec.pattern).suffix.lower() for spec in contract.files if Path(spec.pattern).suffix}
+    if any(spec.format == "csv" for spec in contract.files):
+        suffixes.add(".xlsx")
+    suffixes = tuple(sorted(suffixes))
     order = {spec.file_kind: position for position, spec in enumerate(contract.files)}
 
     known: list[tuple[int, str, Path, FileSpec]] = []
@@ -542,6 +589,9 @@ def read_files(kind: str, paths: list[Path], settings: Settings) -> ReadResult:
         known.append((order[spec.file_kind], path.name, path, spec))
 
     for _, _, path, spec in sorted(known, key=lambda entry: entry[:2]):
+        if path.suffix.lower() == ".xlsx":
+            reader.read_xlsx(path, spec)
+            continue
         text = reader.decode(path)
         if text is None:
             continue
@@ -550,3 +600,38 @@ def read_files(kind: str, paths: list[Path], settings: Settings) -> ReadResult:
         else:
             reader.read_json(path, spec, text)
     return reader.result
+
+
+def read_api(kind: str, settings: Settings, client, checkpoint: dict[str, str]) -> tuple[ReadResult, dict[str, str]]:
+    """Read the records changed since `checkpoint` from the platform API, endpoint by endpoint in contract order.
+
+    `client` is a platform_api.PlatformClient. Returns the records with the
+    problems found, and the new checkpoint: per file kind, the latest
+    modification date among the records read (the old one when none came).
+    """
+    contract = load_contract(kind, settings)
+    config = client.config
+    reader = _Reader(kind, contract)
+    latest = dict(checkpoint)
+    for spec in contract.files:
+        path = config.endpoints.get(spec.file_kind)
+        if not path:
+            continue
+        index = 1
+        for url, records in client.pages(path, checkpoint.get(spec.file_kind)):
+            for record in reader.read_objects(url, spec, records, first_index=index):
+                latest[spec.file_kind] = _later(latest.get(spec.file_kind), record.get(config.modified_member))
+            index += len(records)
+    return reader.result, latest
+
+
+def _later(current: str | None, candidate) -> str | None:
+    """Return the later of two export date-times, compared as instants, in the text that was sent."""
+    if not isinstance(candidate, str) or not candidate:
+        return current
+    if not current:
+        return candidate
+    try:
+        return candidate if datetime.fromisoformat(export_datetime(candidate)) > datetime.fromisoformat(export_datetime(current)) else current
+    except (InvalidDate, ValueError, TypeError):
+        return current
