@@ -4,7 +4,6 @@ The language is read from the command line before the commands are built,
 so that help text is translated as well as messages.
 """
 
-import json
 import logging
 import sys
 from pathlib import Path
@@ -56,6 +55,7 @@ def build_app() -> typer.Typer:
         output: Optional[Path] = typer.Option(None, "--output", "-o", help=t("opt.output")),
     ):
         from ..config import load_settings
+        from ..loading.bundle import to_json
         from ..pipeline import build_engine, map_source, merged_bundle
 
         settings = load_settings()
@@ -66,7 +66,7 @@ def build_app() -> typer.Typer:
             fail(error)
         bundle = merged_bundle(mapped)
         summary.resources = len(bundle["entry"])
-        text = json.dumps(bundle, indent=2, ensure_ascii=False)
+        text = to_json(bundle, indent=2)
         if output:
             output.write_text(text + "\n", encoding="utf-8")
             err.print(t("run.written", path=output))
@@ -125,12 +125,16 @@ def build_app() -> typer.Typer:
     from .listen_commands import register as register_listen
     from .errors_commands import register as register_errors
     from .view_commands import register as register_views
+    from .pull_commands import register as register_pull
+    from .poll_commands import register as register_poll
 
     register_server(app)
     register_indicators(app)
     register_views(app)
     register_listen(app)
     register_errors(app)
+    register_pull(app)
+    register_poll(app)
     return app
 
 

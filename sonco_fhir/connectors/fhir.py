@@ -135,6 +135,11 @@ def reference_lookup_key(reference: dict) -> str | None:
     return None
 
 
+def namespaced_key(system: str | None, key: str) -> str:
+    """Return the key of a source resource, prefixed with its declared source system when there is one."""
+    return f"{system}|{key}" if system else key
+
+
 @dataclass(frozen=True)
 class ConnectorDefinition:
     resource_types: tuple[str, ...]
@@ -161,7 +166,9 @@ def load_definition(path: Path | None = None) -> ConnectorDefinition:
     if not isinstance(types, list) or not types or not isinstance(elements, list) or not elements:
         raise ConfigurationError(f"{path}: files.resource_types and files.patient_elements must be non-empty lists")
     if content.get("rest"):
-        raise ConfigurationError(f"{path}: the REST mode is not implemented yet; leave 'rest' empty and read exported files")
+        raise ConfigurationError(
+            f"{path}: 'rest' is no longer read; declare each hospital FHIR server in connectors/fhir-sources/NAME.yaml"
+        )
     suffixes = tuple(str(suffix).lower() for suffix in files.get("suffixes") or SUFFIXES)
     return ConnectorDefinition(tuple(str(t) for t in types), tuple(str(e) for e in elements), suffixes)
 
@@ -263,8 +270,13 @@ class _Place:
 
 
 class _Reader:
-    def __init__(self, definition: ConnectorDefinition):
+    def __init__(self, definition: ConnectorDefinition, key_namespace: str | None = None,
+                 loaded_keys: frozenset[str] = frozenset()):
         self.definition = definition
+        # A declared source system prefixes every key, so two hospitals' Condition/1 stay apart.
+        self.key_namespace = key_namespace
+        # Keys that an earlier run loaded: references to them are kept although they are not records of this run.
+        self.loaded_keys = loaded_keys
         self.found: list[_Found] = []
         self.problems: list[Problem] = []
         self.skipped_types: Counter = Counter()
@@ -289,6 +301,13 @@ class _Reader:
             self._read_ndjson(origin, text)
         else:
             self._read_json(origin, text)
+
+    def read_document(self, origin: str, document: dict, source: dict, authority: str | None) -> None:
+        """Read one resource or Bundle that did not come from a file (a REST response)."""
+        self._visit(document, _Place(origin, dict(source)), None, None, authority)
+
+    def namespaced(self, key: str) -> str:
+        return namespaced_key(self.key_namespace, key)
 
     def _read_json(self, origin: str, text: str) -> None:
         try:
@@ -330,7 +349,8 @@ class _Reader:
             return
         if not place.root:
             place = replace(place, root=resource_type)
-        authority = _meta_source(resource) or inherited_authority
+        # A declared source system (REST mode) wins over meta.source, so keys and SOURCE-REF authorities agree.
+        authority = self.key_namespace or _meta_source(resource) or inherited_authority
         if resource_type == "Bundle":
             scope = _BundleScope(parent=bundle)
             for index, entry in enumerate(resource.get("entry") or []):
@@ -360,7 +380,7 @@ class _Reader:
             source=dict(place.source), full_url=full_url, bundle=bundle,
             authority=authority or _base_of(full_url, resource_type), recorded=meta.get("lastUpdated"),
         )
-        found.key = _source_key(resource, resource_type, full_url, place.origin, place.where())
+        found.key = self.namespaced(_source_key(resource, resource_type, full_url, place.origin, place.where()))
         found.source.update({"key": found.key, "entry": place.fhirpath(), "full_url": full_url, "recorded": found.recorded})
         if "line" not in found.source:
             found.source["index"] = self.count_by_file[place.origin]
@@ -378,7 +398,7 @@ class _Reader:
         self.by_identifier: dict[tuple[str, str], list[_Found]] = {}
         for found in self.found:
             if isinstance(found.resource.get("id"), str):
-                self.by_key.setdefault(f"{found.resource_type}/{found.resource['id']}", []).append(found)
+                self.by_key.setdefault(self.namespaced(f"{found.resource_type}/{found.resource['id']}"), []).append(found)
             if found.full_url:
                 self.by_full_url.setdefault(found.full_url, []).append(found)
             for identifier in found.resource.get("identifier") or []:
@@ -424,7 +444,7 @@ class _Reader:
         literal = _LITERAL.search(text)
         if literal is None:
             return None
-        key = f"{literal['type']}/{literal['id']}"
+        key = self.namespaced(f"{literal['type']}/{literal['id']}")
         target = self._prefer(self.by_full_url.get(text, []) + self.by_key.get(key, []), holder.origin)
         if target is not None:
             return _Target(target.resource_type, target.key, target)
@@ -468,7 +488,7 @@ class _Reader:
                 "type": target.resource_type,
                 "key": target.key,
                 "in_input": target.found is not None,
-                "record": target.found is not None and id(target.found) in record_ids,
+                "record": (target.found is not None and id(target.found) in record_ids) or target.key in self.loaded_keys,
                 "contained": target.contained is not None,
                 "resource": resource,
                 "_found": target.found,
@@ -479,7 +499,7 @@ class _Reader:
 
     def patient_of_patient(self, patient: _Found) -> _PatientLink:
         resource = patient.resource
-        identifiers = [entry for entry in map(_identifier_entry, resource.get("identifier") or []) if entry]
+        identifiers = [entry for entry in map(identifier_entry, resource.get("identifier") or []) if entry]
         usable = any(classify_identifier(entry["system"], entry["type"]) for entry in identifiers)
         # The source reference links later files that refer to this Patient without carrying it.
         # NOTE: with no known source system, two hospitals that both send Patient/1 share this
@@ -501,7 +521,7 @@ class _Reader:
             target = self.resolve(holder, reference)
             if target is None:
                 # A logical reference by INS or IPP to a Patient not in the input: the identifier names the patient.
-                entry = _identifier_entry(reference.get("identifier")) if reference.get("type") in (None, "Patient") else None
+                entry = identifier_entry(reference.get("identifier")) if reference.get("type") in (None, "Patient") else None
                 if entry:
                     return _PatientLink(identity=("identifier", entry["system"], entry["value"]), identifiers=[entry])
                 continue
@@ -516,7 +536,7 @@ class _Reader:
         return None
 
 
-def _identifier_entry(identifier) -> dict | None:
+def identifier_entry(identifier) -> dict | None:
     """An Identifier as the engine reads it ({value, system, type}), or None when it must not link persons."""
     if not isinstance(identifier, dict) or not identifier.get("value"):
         return None
@@ -630,6 +650,24 @@ def read_files(paths: list[Path], definition: ConnectorDefinition | None = None)
     reader = _Reader(definition)
     for path in expand_paths(paths, definition.suffixes):
         reader.read_file(path)
+    return _records_of(reader)
+
+
+def read_documents(documents: list[tuple[str, dict, dict]], definition: ConnectorDefinition, system: str,
+                   loaded_keys: frozenset[str] = frozenset()) -> ReadResult:
+    """Build records from resources and Bundles fetched from a FHIR server, as `read_files` does from files.
+
+    `documents` are (origin, resource or Bundle, source description) triples. `system`
+    is the declared source system: it prefixes every key and is the authority of
+    SOURCE-REF identifiers. References to `loaded_keys` are kept in the output.
+    """
+    reader = _Reader(definition, key_namespace=system, loaded_keys=loaded_keys)
+    for origin, document, source in documents:
+        reader.read_document(origin, document, source, system)
+    return _records_of(reader)
+
+
+def _records_of(reader: "_Reader") -> ReadResult:
     reader.build_indexes()
 
     # Patients first, so every other resource can take the identifiers of the Patient it names.
@@ -682,7 +720,7 @@ def _source_record(found: _Found, table: dict[str, dict]) -> SourceRecord:
         kind="fhir",
         origin=found.origin,
         position=found.position,
-        key=f"{found.authority}|{found.key}" if found.authority else found.key,
+        key=f"{found.authority}|{found.key}" if found.authority and not found.key.startswith(f"{found.authority}|") else found.key,
         data={
             "resource": found.resource,
             "patient_identifiers": patient.identifiers,

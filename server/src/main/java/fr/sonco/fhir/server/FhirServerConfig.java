@@ -12,6 +12,7 @@ import ca.uhn.fhir.batch2.api.IJobMaintenanceService;
 import ca.uhn.fhir.batch2.jobs.bulkmodify.reindex.ReindexProvider;
 import ca.uhn.fhir.batch2.jobs.config.Batch2JobsConfig;
 import ca.uhn.fhir.batch2.jobs.expunge.DeleteExpungeProvider;
+import ca.uhn.fhir.batch2.jobs.export.BulkDataExportProvider;
 import ca.uhn.fhir.batch2.maintenance.JobMaintenanceServiceImpl;
 import ca.uhn.fhir.context.support.IValidationSupport;
 import ca.uhn.fhir.jpa.api.IDaoRegistry;
@@ -160,7 +161,8 @@ public class FhirServerConfig {
             DatabaseBackedPagingProvider pagingProvider,
             ValueSetOperationProvider valueSetOperationProvider,
             ReindexProvider reindexProvider,
-            DeleteExpungeProvider deleteExpungeProvider) {
+            DeleteExpungeProvider deleteExpungeProvider,
+            BulkDataExportProvider bulkDataExportProvider) {
         RestfulServer server = new RestfulServer(systemDao.getContext());
         // Narrative generation is off because it costs time on every write.
         systemDao.getContext().setNarrativeGenerator(new NullNarrativeGenerator());
@@ -170,6 +172,9 @@ public class FhirServerConfig {
         server.registerProvider(valueSetOperationProvider);
         server.registerProvider(reindexProvider);
         server.registerProvider(deleteExpungeProvider);
+        // Group, Patient and system level $export (FHIR Bulk Data Access), run as batch2 jobs. HAPI's
+        // JpaConfig defines the provider bean; registering it here makes the operations reachable.
+        server.registerProvider(bulkDataExportProvider);
 
         JpaCapabilityStatementProvider capabilityStatementProvider = new JpaCapabilityStatementProvider(
                 server, systemDao, storageSettings, searchParamRegistry, validationSupport);
