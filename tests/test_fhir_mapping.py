@@ -30,6 +30,7 @@ PROFILES_BY_TYPE = {
     "Observation": {"sonco-observation-variant", "sonco-observation-biomarker", "sonco-observation-genomic", "sonco-observation"},
     "DiagnosticReport": {"sonco-diagnosticreport"},
     "Specimen": {"sonco-specimen"},
+    "Procedure": {"sonco-procedure"},
     "Provenance": {"sonco-provenance"},
 }
 
@@ -573,3 +574,239 @@ def test_observation_without_patient_set_aside():
     assert resources == []
     assert len(summary.problems) == 1
     assert summary.problems[0].message.startswith("Observation ne désigne aucun patient : aucun élément subject ou patient")
+
+
+# --- treatment lines, encounters and death (resources of tests/data/fhir_ehr) ---
+
+REPOSITORY_DATA = Path(__file__).resolve().parent / "data" / "fhir_ehr"
+EHR_SEED = REPOSITORY_DATA / "seed"
+
+
+@pytest.fixture
+def ehr_folder(tmp_path) -> Path:
+    """The EHR seed with its FR Core Patient, under the id the seed refers to."""
+    folder = tmp_path / "ehr"
+    shutil.copytree(EHR_SEED, folder)
+    patient = load(FR_CORE / "Patient-avec-INSNIR-logique.json")
+    patient["id"] = "frcore-6106172"
+    (folder / "patient.json").write_text(json.dumps(patient), encoding="utf-8")
+    return folder
+
+
+def test_medication_request_becomes_statement(ehr_folder):
+    resources, summary, engine = run(ehr_folder)
+
+    assert summary.problems == []
+    line = by_id(resources, "MedicationStatement", sonco_id(engine, "MedicationStatement", "MedicationRequest/frcore-line1"))
+    assert line["status"] == "completed"
+    # From the Medication that medicationReference names.
+    assert line["medicationCodeableConcept"] == {"coding": [{"system": "http://www.nlm.nih.gov/research/umls/rxnorm", "code": "349472"}]}
+    assert line["effectivePeriod"] == {"start": "2024-03-11", "end": "2024-06-30"}
+    assert "effectiveDateTime" not in line
+    assert line["dateAsserted"] == "2024-03-10"
+    assert line["reasonReference"] == [{"reference": f"Condition/{sonco_id(engine, 'Condition', 'Condition/frcore-lung-cancer')}"}]
+    assert line["meta"]["profile"] == [profile_url("sonco-medicationstatement")]
+    assert "dosage" not in line
+
+
+def test_medication_request_without_bounds_uses_authored_on(tmp_path, ehr_folder):
+    request = load(ehr_folder / "MedicationRequest-frcore-line1.json")
+    del request["dosageInstruction"]
+    request["status"] = "draft"
+    (ehr_folder / "MedicationRequest-frcore-line1.json").write_text(json.dumps(request), encoding="utf-8")
+
+    resources, summary, engine = run(ehr_folder)
+
+    line = by_id(resources, "MedicationStatement", sonco_id(engine, "MedicationStatement", "MedicationRequest/frcore-line1"))
+    assert line["effectiveDateTime"] == "2024-03-10"
+    assert "effectivePeriod" not in line
+    assert line["status"] == "intended"  # fhir-medicationrequest-status: draft -> intended
+
+
+def test_medication_administration_period(ehr_folder):
+    resources, summary, engine = run(ehr_folder)
+
+    infusion = by_id(resources, "MedicationStatement",
+                     sonco_id(engine, "MedicationStatement", "MedicationAdministration/frcore-infusion"))
+    assert infusion["status"] == "active"  # fhir-medicationadministration-status: in-progress -> active
+    assert infusion["effectivePeriod"] == {"start": "2024-07-02T09:00:00+02:00", "end": "2024-07-02T11:30:00+02:00"}
+    assert infusion["medicationCodeableConcept"]["coding"][0]["code"] == "349472"
+
+
+def test_encounter_drops_visit_number(ehr_folder):
+    resources, summary, engine = run(ehr_folder)
+
+    stay = by_id(resources, "Encounter", sonco_id(engine, "Encounter", "Encounter/frcore-stay"))
+    assert stay["status"] == "finished"
+    assert stay["class"] == {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "IMP", "display": "inpatient encounter"}
+    assert stay["period"] == {"start": "2024-02-12T10:00:00+01:00", "end": "2024-02-15T16:00:00+01:00"}
+    assert "identifier" not in stay
+    assert "NDA-0001" not in json.dumps(stay)
+    assert stay["meta"]["profile"] == [profile_url("sonco-encounter")]
+
+
+def test_patient_death_kept(ehr_folder):
+    patient = load(ehr_folder / "patient.json")
+    patient["deceasedDateTime"] = "2025-01-15T10:20:00+01:00"
+    (ehr_folder / "patient.json").write_text(json.dumps(patient), encoding="utf-8")
+
+    resources, summary, _ = run(ehr_folder)
+
+    assert summary.problems == []
+    (cohort_patient,) = of_type(resources, "Patient")
+    assert cohort_patient["deceasedDateTime"] == "2025-01-15T10:20:00+01:00"
+    assert cohort_patient["birthDate"] == patient["birthDate"][:4]
+
+
+def test_declared_system_prefixes_keys():
+    definition = fhir_connector.load_definition()
+    condition = load(MCODE / "Condition-mCODEPrimaryCancerConditionExample01.json")
+    condition["meta"]["source"] = "https://another-system.test/fhir"
+    documents = [("chu-a", condition, {"kind": "fhir"})]
+
+    first = fhir_connector.read_documents(documents, definition, "https://chu-a.test/fhir")
+    second = fhir_connector.read_documents(documents, definition, "https://chu-b.test/fhir")
+
+    assert first.records[0].data["source"]["key"] == "https://chu-a.test/fhir|Condition/mCODEPrimaryCancerConditionExample01"
+    assert second.records[0].data["source"]["key"] == "https://chu-b.test/fhir|Condition/mCODEPrimaryCancerConditionExample01"
+    assert first.records[0].data["source_system"] == "https://chu-a.test/fhir"
+    assert first.records[0].data["patient_identifiers"] == [
+        {"kind": "SOURCE-REF", "authority": "https://chu-a.test/fhir",
+         "value": "https://chu-a.test/fhir|Patient/mCODEPatientExample01"}]
+
+
+def test_loaded_key_reference_kept():
+    definition = fhir_connector.load_definition()
+    secondary = load(MCODE / "Condition-mCODESecondaryCancerConditionExample01.json")
+    system = "https://chu-a.test/fhir"
+    primary_key = f"{system}|Condition/mCODEPrimaryCancerConditionExample01"
+
+    alone = fhir_connector.read_documents([("chu-a", secondary, {"kind": "fhir"})], definition, system)
+    after_earlier_run = fhir_connector.read_documents([("chu-a", secondary, {"kind": "fhir"})], definition, system,
+                                                      loaded_keys=frozenset({primary_key}))
+
+    reference = "Condition/mCODEPrimaryCancerConditionExample01"
+    assert alone.records[0].data["references"][reference]["record"] is False
+    assert after_earlier_run.records[0].data["references"][reference]["record"] is True
+    assert after_earlier_run.records[0].data["references"][reference]["key"] == primary_key
+
+
+def test_local_lab_code_translated(tmp_path, ehr_folder):
+    observation = load(REPOSITORY_DATA / "changes" / "Observation-frcore-hemoglobin.json")
+    observation["code"] = {"coding": [{"system": "https://ehr.chu-example.fr/fhir/CodeSystem/local-lab", "code": "HB"}]}
+    (ehr_folder / "observation.json").write_text(json.dumps(observation), encoding="utf-8")
+
+    resources, summary, engine = run(ehr_folder)
+
+    mapped = by_id(resources, "Observation", sonco_id(engine, "Observation", "Observation/frcore-hemoglobin"))
+    # The local coding is kept, and the fhir-local-lab-example table adds LOINC 718-7.
+    assert mapped["code"]["coding"] == [
+        {"system": "https://ehr.chu-example.fr/fhir/CodeSystem/local-lab", "code": "HB"},
+        {"system": "http://loinc.org", "code": "718-7", "display": "Hemoglobin [Mass/volume] in Blood"},
+    ]
+
+
+# --- Procedure (CCAM) ---
+
+CCAM = "https://smt.esante.gouv.fr/terminologie-ccam"
+NCIT_PROCEDURE = {"system": "http://ncicb.nci.nih.gov/xml/owl/EVS/Thesaurus.owl", "code": "C25218"}
+
+
+def test_procedure_ccam_code_as_sent(ehr_folder):
+    source = load(ehr_folder / "Procedure-frcore-ecg.json")
+
+    resources, summary, engine = run(ehr_folder)
+
+    assert summary.problems == []
+    act = by_id(resources, "Procedure", sonco_id(engine, "Procedure", "Procedure/frcore-ecg"))
+    assert act["meta"]["profile"] == [profile_url("sonco-procedure")]
+    # The CCAM coding and the hospital's local coding, as sent, and no NCIt fallback.
+    assert act["code"] == {"coding": [
+        {"system": CCAM, "code": "DEQP003", "display": "Électrocardiographie sur au moins 12 dérivations"},
+        {"system": "https://ehr.chu-example.fr/fhir/CodeSystem/local-act", "code": "ECG12"},
+    ], "text": "ECG 12 dérivations avant chimiothérapie"}
+    assert act["code"] == source["code"]
+    assert act["status"] == "completed"
+    assert act["category"] == source["category"]
+    assert act["performedDateTime"] == "2024-02-13T08:30:00+01:00"
+    assert act["encounter"] == {"reference": f"Encounter/{sonco_id(engine, 'Encounter', 'Encounter/frcore-stay')}"}
+    assert act["reasonReference"] == [{"reference": f"Condition/{sonco_id(engine, 'Condition', 'Condition/frcore-lung-cancer')}"}]
+    patient = of_type(resources, "Patient")[0]
+    assert act["subject"] == {"reference": f"Patient/{patient['id']}"}
+
+
+def test_procedure_drops_staff_place_and_numbers(ehr_folder):
+    resources, _, engine = run(ehr_folder)
+
+    act = by_id(resources, "Procedure", sonco_id(engine, "Procedure", "Procedure/frcore-ecg"))
+    for element in ("identifier", "performer", "location", "note", "recorder", "asserter", "text"):
+        assert element not in act, element
+    text = json.dumps(act, ensure_ascii=False)
+    assert "ACTE-0042" not in text
+    assert "Dr Cardiologue" not in text
+    assert "salle 3" not in text
+    assert "au lit du patient" not in text
+
+
+def test_mcode_procedure_gets_ncit_fallback():
+    source = load(MCODE / "Procedure-mCODECancerRelatedSurgicalProcedureExample01.json")
+
+    resources, summary, engine = run(MCODE)
+
+    assert summary.problems == []
+    act = by_id(resources, "Procedure",
+                sonco_id(engine, "Procedure", "Procedure/mCODECancerRelatedSurgicalProcedureExample01"))
+    # SNOMED CT 359615001 is kept as sent; with no CCAM coding, NCIt C25218 is added beside it.
+    assert act["code"]["coding"] == [{"code": "359615001", "system": "http://snomed.info/sct"}, NCIT_PROCEDURE]
+    assert act["performedDateTime"] == source["performedDateTime"] == "2019-03-01"
+    assert act["bodySite"] == source["bodySite"]
+    assert act["extension"] == source["extension"]
+    assert act["reasonReference"] == [
+        {"reference": f"Condition/{sonco_id(engine, 'Condition', 'Condition/mCODEPrimaryCancerConditionExample01')}"}]
+    assert "asserter" not in act
+
+
+def test_procedure_ccam_oid_adds_uri(ehr_folder):
+    act_path = ehr_folder / "Procedure-frcore-ecg.json"
+    source = load(act_path)
+    source["code"] = {"coding": [{"system": "urn:oid:1.2.250.1.215.300.1", "code": "DEQP003"}]}
+    act_path.write_text(json.dumps(source), encoding="utf-8")
+
+    resources, _, engine = run(ehr_folder)
+
+    act = by_id(resources, "Procedure", sonco_id(engine, "Procedure", "Procedure/frcore-ecg"))
+    assert act["code"]["coding"] == [
+        {"system": "urn:oid:1.2.250.1.215.300.1", "code": "DEQP003"},
+        {"system": CCAM, "code": "DEQP003"},
+    ]
+
+
+def test_procedure_text_only_gets_ncit(ehr_folder):
+    act_path = ehr_folder / "Procedure-frcore-ecg.json"
+    source = load(act_path)
+    source["code"] = {"text": "Biopsie pulmonaire"}
+    del source["performedDateTime"]
+    source["performedPeriod"] = {"start": "2024-02-14T10:00:00+01:00", "end": "2024-02-14T10:40:00+01:00"}
+    act_path.write_text(json.dumps(source), encoding="utf-8")
+
+    resources, _, engine = run(ehr_folder)
+
+    act = by_id(resources, "Procedure", sonco_id(engine, "Procedure", "Procedure/frcore-ecg"))
+    assert act["code"] == {"coding": [NCIT_PROCEDURE], "text": "Biopsie pulmonaire"}
+    assert act["performedPeriod"] == {"start": "2024-02-14T10:00:00+01:00", "end": "2024-02-14T10:40:00+01:00"}
+    assert "performedDateTime" not in act
+
+
+def test_procedure_without_date_still_mapped(ehr_folder):
+    act_path = ehr_folder / "Procedure-frcore-ecg.json"
+    source = load(act_path)
+    del source["performedDateTime"]
+    source["performedString"] = "la semaine dernière"
+    act_path.write_text(json.dumps(source), encoding="utf-8")
+
+    resources, summary, engine = run(ehr_folder)
+
+    assert summary.problems == []
+    act = by_id(resources, "Procedure", sonco_id(engine, "Procedure", "Procedure/frcore-ecg"))
+    assert act["code"]["coding"][0]["code"] == "DEQP003"
+    assert not any(element.startswith("performed") for element in act)

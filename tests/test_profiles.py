@@ -444,6 +444,25 @@ BROKEN = [
      "Consent.source[x]: max allowed = 0"),
     ("procedure-without-request", "Procedure-sonco-procedure-sequencing-example.json",
      lambda r: r.pop("basedOn"), "Procedure.basedOn: minimum required = 1"),
+    ("hospital-procedure-without-code", "Procedure-sonco-procedure-example.json",
+     lambda r: r.pop("code"), "Procedure.code: minimum required = 1"),
+    ("hospital-procedure-with-act-number", "Procedure-sonco-procedure-example.json",
+     lambda r: r.update(identifier=[{"system": "urn:oid:1.2.250.1.71.4.2.1", "value": "ACTE-0042"}]),
+     "Procedure.identifier: max allowed = 0"),
+    ("hospital-procedure-without-date", "Procedure-sonco-procedure-example.json",
+     lambda r: r.pop("performedDateTime"), "Procedure.performed[x]: minimum required = 1"),
+    ("hospital-procedure-with-performer", "Procedure-sonco-procedure-example.json",
+     lambda r: r.update(performer=[{"actor": {"display": "Dr Cardiologue"}}]), "Procedure.performer: max allowed = 0"),
+    ("hospital-procedure-with-note", "Procedure-sonco-procedure-example.json",
+     lambda r: r.update(note=[{"text": "Examen au lit"}]), "Procedure.note: max allowed = 0"),
+    ("document-with-content", "DocumentReference-sonco-documentreference-example.json",
+     lambda r: r["content"][0]["attachment"].update(data="RG9jdW1lbnQ="),
+     "DocumentReference.content.attachment.data: max allowed = 0"),
+    ("document-without-type", "DocumentReference-sonco-documentreference-example.json",
+     lambda r: r.pop("type"), "DocumentReference.type: minimum required = 1"),
+    ("order-with-placer-number", "ServiceRequest-sonco-servicerequest-order-example.json",
+     lambda r: r.update(identifier=[{"system": "urn:oid:1.2.250.1.71.4.2.1", "value": "1101"}]),
+     "ServiceRequest.identifier: max allowed = 0"),
 ]
 
 
@@ -559,6 +578,8 @@ def _inputs() -> list[tuple[str, tuple[Path, ...]]]:
     inputs += [("fhir", (path,)) for path in sorted((examples / "fhir").iterdir())]
     for folder in ("hl7v2-ansforge-pamfr-cisis", "hl7v2-microsoft-fhir-converter", "hl7v2-linuxforhealth-converter"):
         inputs += [("hl7v2", (path,)) for path in sorted((CASES / folder).iterdir()) if path.name not in KNOWN_FAILURES]
+    inputs += [("hl7v2", (path,)) for path in sorted((REPOSITORY / "tests" / "data" / "hl7v2").glob("*.hl7"))]
+    inputs += [("fhir", (REPOSITORY / "tests" / "data" / "fhir_ehr" / "seed",))]
     for folder in ("fhir-fr-core", "fhir-mcode-stu1", "fhir-genomics-reporting", "fhir-bundles-misc"):
         inputs += [("fhir", (path,)) for path in sorted((CASES / folder).glob("*.json"))]
     return inputs
