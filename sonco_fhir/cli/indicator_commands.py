@@ -1,48 +1,46 @@
-"""`sonco-fhir indicators`: compute, print (table, csv, json) and store as MeasureReports."""
+"""`sonco-fhir indicators`: compute the catalogue, print it (table, csv, json, html) and store it as MeasureReports."""
 
 import csv
+import io
 import json
-import sys
+from pathlib import Path
+from typing import Optional
 
 import typer
 from rich.table import Table
 
 from .. import i18n
-from ..indicators.compute import ALL
-from ..indicators.report import DELAY_MEASURE
+from ..indicators import output
+
+FORMATS = ("table", "csv", "json", "html")
 
 
-def _label(row) -> str:
-    return i18n.t(f"indicator.{row.measure}")
+def _table(run) -> Table:
+    from ..indicators.catalogue import BY_ID
+
+    t = i18n.t
+    table = Table(title=t("indicators.title"))
+    table.add_column(t("indicator.column.indicator"))
+    table.add_column(t("indicator.column.dimension"))
+    table.add_column(t("indicator.column.stratum"))
+    table.add_column(t("indicator.column.value"), justify="right")
+    table.add_column(t("indicator.column.detail"))
+    for measure, cells in run.cells.items():
+        indicator = BY_ID[measure]
+        for index, cell in enumerate(cells):
+            name = output.label(indicator) if index == 0 else ""
+            table.add_row(name, output.dimension_label(cell["dimension"]), output.stratum_label(cell["stratum"]),
+                          output.value_text(indicator, cell), output.detail_text(indicator, cell, run.threshold))
+    return table
 
 
-def _localized_number(text: str) -> str:
-    # French writes a decimal comma.
-    return text.replace(".", ",") if i18n.language() == "fr" else text
-
-
-def _value_text(row) -> str:
-    if row.value is None:
-        return "—"
-    if row.measure == DELAY_MEASURE:
-        text = i18n.t("indicator.days", value=f"{row.value:g}")
-    else:
-        text = i18n.t("indicator.percent", value=f"{row.value * 100:.1f}")
-    return _localized_number(text)
-
-
-def _detail_text(row) -> str:
-    if row.measure != DELAY_MEASURE:
-        return i18n.t("indicator.share_detail", numerator=row.numerator, denominator=row.denominator)
-    text = i18n.t("indicator.delay_detail", count=row.denominator, excluded=row.excluded)
-    if row.p25 is None:
-        return text
-    spread = i18n.t("indicator.delay_spread", p25=f"{row.p25:g}", p75=f"{row.p75:g}", p90=f"{row.p90:g}")
-    return f"{text}, {_localized_number(spread)}"
-
-
-def _optional(value) -> object:
-    return "" if value is None else value
+def _csv_text(records: list[dict]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=output.RECORD_FIELDS, lineterminator="\n")
+    writer.writeheader()
+    for record in records:
+        writer.writerow({name: "" if value is None else value for name, value in record.items()})
+    return buffer.getvalue()
 
 
 def register(app: typer.Typer) -> None:
@@ -50,46 +48,58 @@ def register(app: typer.Typer) -> None:
 
     @app.command("indicators", help=t("cmd.indicators"))
     def indicators(
-        output_format: str = typer.Option("table", "--format", help=t("opt.format")),
+        output_format: str = typer.Option("table", "--format", help=t("indicators.opt.format")),
+        by: Optional[str] = typer.Option(None, "--by", help=t("indicators.opt.by")),
+        period_text: Optional[str] = typer.Option(None, "--period", help=t("indicators.opt.period")),
+        threshold_option: Optional[int] = typer.Option(None, "--suppression-threshold", help=t("indicators.opt.threshold")),
+        output_path: Optional[Path] = typer.Option(None, "--output", "-o", help=t("indicators.opt.output")),
+        lang: Optional[str] = typer.Option(None, "--lang", help=t("opt.lang")),
         store: bool = typer.Option(True, "--store/--no-store", help=t("opt.store")),
     ):
         from ..config import load_settings
         from ..errors import ServerError, SoncoError
+        from ..indicators.html import render_html
         from ..indicators.run import run_indicators
+        from ..indicators.strata import parse_dimensions, parse_period
+        from ..indicators.suppress import threshold_from
         from ..loading.hapi import FhirServer
         from .main import err, fail, out
 
-        if output_format not in ("table", "csv", "json"):
-            raise typer.BadParameter(output_format, param_hint="--format")
+        if lang is not None:
+            if lang not in i18n.LANGUAGES:
+                raise typer.BadParameter(f"{lang} ({', '.join(i18n.LANGUAGES)})", param_hint="--lang")
+            i18n.set_language(lang)
+        if output_format not in FORMATS:
+            raise typer.BadParameter(t("indicators.invalid_format", value=output_format), param_hint="--format")
         settings = load_settings()
         server = FhirServer(settings.fhir_url)
         try:
+            dimensions = parse_dimensions(by)
+            if output_format == "html":
+                # The report's charts need the lab and month strata.
+                dimensions += tuple(name for name in ("lab", "month") if name not in dimensions)
+            period = parse_period(period_text)
+            threshold = threshold_from(threshold_option)
             if not server.is_up():
                 raise ServerError(t("server.unreachable", url=settings.fhir_url))
-            rows, reports = run_indicators(server, store)
+            run = run_indicators(server, store, dimensions, period, threshold)
         except SoncoError as error:
             fail(error)
 
-        if output_format == "json":
-            print(json.dumps([{"indicator": r.measure, "label": _label(r), "lab": r.stratum, "value": r.value,
-                               "numerator": r.numerator, "denominator": r.denominator, "excluded": r.excluded,
-                               "p25": r.p25, "p75": r.p75, "p90": r.p90}
-                              for r in rows], indent=2, ensure_ascii=False))
+        if output_format == "table":
+            text = None
+        elif output_format == "json":
+            text = json.dumps(output.records(run.cells), indent=2, ensure_ascii=False) + "\n"
         elif output_format == "csv":
-            writer = csv.writer(sys.stdout)
-            writer.writerow(["indicator", "label", "lab", "value", "numerator", "denominator", "excluded", "p25", "p75", "p90"])
-            for r in rows:
-                writer.writerow([r.measure, _label(r), r.stratum, _optional(r.value), _optional(r.numerator),
-                                 r.denominator, r.excluded, _optional(r.p25), _optional(r.p75), _optional(r.p90)])
+            text = _csv_text(output.records(run.cells))
         else:
-            table = Table(title=t("indicators.title"))
-            table.add_column(t("indicator.column.indicator"))
-            table.add_column(t("indicator.column.lab"))
-            table.add_column(t("indicator.column.value"), justify="right")
-            table.add_column(t("indicator.column.detail"))
-            for r in rows:
-                lab = t("indicator.all_labs") if r.stratum == ALL else r.stratum
-                table.add_row(_label(r), lab, _value_text(r), _detail_text(r))
-            out.print(table)
+            text = render_html(run)
+        if text is None:
+            out.print(_table(run))
+        elif output_path:
+            output_path.write_text(text, encoding="utf-8")
+            err.print(t("indicators.written", path=output_path))
+        else:
+            print(text, end="")
         if store:
-            err.print(t("indicators.stored", count=len(reports)))
+            err.print(t("indicators.stored", count=len(run.reports)))

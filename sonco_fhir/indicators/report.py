@@ -1,79 +1,86 @@
-"""MeasureReports (type summary, stratified by lab) and the printed table."""
+"""Summary MeasureReports of the indicators: overall populations and score, one stratifier per dimension.
 
-from dataclasses import dataclass
+A suppressed cell (see suppress.py) is left out: the profile requires a
+count on every population, so a suppressed stratum has no place in the
+report. An indicator whose overall cell is suppressed, or gives no score,
+gets no MeasureReport at all, because HAPI's $validate requires the
+population counts of every Measure population and, for a continuous
+variable, a measureScore.
+"""
 
-from ..canonical import measure_url
-from .compute import ALL, DelayResult, ShareResult
+from ..canonical import measure_url, profile_url
+from .catalogue import DELAY, Indicator
+from .strata import DIMENSIONS
 
-DELAY_MEASURE = "sonco-delay-prescription-report"
-SHARE_MEASURE = "sonco-share-therapeutic-recommendation"
+OVERALL = "*"
 _POPULATION = "http://terminology.hl7.org/CodeSystem/measure-population"
-_DAYS = {"unit": "d", "system": "http://unitsofmeasure.org", "code": "d"}
-
-
-@dataclass
-class DelayStatistics:
-    """Continuous-variable indicator of one stratum as the SQL query returns it: statistics of the delays in days, without the delays."""
-
-    stratum: str
-    count: int  # population members with both dates
-    median: float | None
-    p25: float | None
-    p75: float | None
-    p90: float | None
-    excluded: int = 0  # population members with a missing milestone
+_UCUM = "http://unitsofmeasure.org"
+DAYS = {"unit": "d", "system": _UCUM, "code": "d"}
+LINES = {"unit": "lines", "system": _UCUM, "code": "{line}"}
 
 
 def _population(code: str, count: int) -> dict:
     return {"code": {"coding": [{"system": _POPULATION, "code": code}]}, "count": count}
 
 
-def _delay_populations(result: DelayResult | DelayStatistics) -> list[dict]:
-    measured = result.count if isinstance(result, DelayStatistics) else len(result.delays)
-    members = measured + result.excluded
-    return [_population("initial-population", members), _population("measure-population", measured),
-            _population("measure-observation", measured)]
+def populations(indicator: Indicator, cell: dict) -> list[dict]:
+    """Population counts of one cell, with the codes the Quality Measure IG uses for the indicator's scoring."""
+    if indicator.continuous:
+        members = cell["count"] + cell["excluded"]
+        return [_population("initial-population", members), _population("measure-population", members),
+                _population("measure-population-exclusion", cell["excluded"]),
+                _population("measure-observation", cell["count"])]
+    return [_population("initial-population", cell["denominator"]), _population("denominator", cell["denominator"]),
+            _population("numerator", cell["numerator"])]
 
 
-def _share_populations(result: ShareResult) -> list[dict]:
-    return [_population("initial-population", result.denominator), _population("denominator", result.denominator),
-            _population("numerator", result.numerator)]
-
-
-def _score(value: float | None, unit: dict | None) -> dict | None:
-    if value is None:
+def score(indicator: Indicator, cell: dict) -> dict | None:
+    """Return the cell's measureScore: the median of a delay (days) or of a count, the proportion of a share, None when nothing was measured."""
+    if indicator.continuous:
+        if cell["median"] is None:
+            return None
+        return {"value": round(cell["median"], 4), **(DAYS if indicator.kind == DELAY else LINES)}
+    if not cell["denominator"]:
         return None
-    return {"value": round(value, 4), **(unit or {})}
+    return {"value": round(cell["numerator"] / cell["denominator"], 4)}
 
 
-def measure_report(measure: str, results: dict, period: tuple[str, str], report_id: str) -> dict:
-    """Build a summary MeasureReport: the overall score, and one stratum per lab."""
-    is_delay = measure == DELAY_MEASURE
-    populations = _delay_populations if is_delay else _share_populations
-    unit = _DAYS if is_delay else None
+def reportable(indicator: Indicator, cells: list[dict]) -> bool:
+    """Tell whether the indicator's overall cell can make a valid MeasureReport: published, and scored when continuous."""
+    overall = next(cell for cell in cells if cell["dimension"] == OVERALL)
+    if overall["suppressed"]:
+        return False
+    return not indicator.continuous or overall["median"] is not None
 
-    def score_of(result):
-        return result.median if is_delay else result.score
 
-    overall = results[ALL]
-    group = {"population": populations(overall)}
-    if (score := _score(score_of(overall), unit)) is not None:
-        group["measureScore"] = score
-    strata = []
-    for key in sorted(k for k in results if k != ALL):
-        stratum = {"value": {"text": key}, "population": populations(results[key])}
-        if (score := _score(score_of(results[key]), unit)) is not None:
-            stratum["measureScore"] = score
-        strata.append(stratum)
-    if strata:
-        group["stratifier"] = [{"code": [{"text": "lab"}], "stratum": strata}]
+def _content(indicator: Indicator, cell: dict) -> dict:
+    content = {"population": populations(indicator, cell)}
+    if (measure_score := score(indicator, cell)) is not None:
+        content["measureScore"] = measure_score
+    return content
+
+
+def measure_report(indicator: Indicator, cells: list[dict], period: tuple[str, str], report_id: str) -> dict:
+    """Build the summary MeasureReport of one indicator from its suppressed cells, when `reportable` allows it."""
+    overall = next(cell for cell in cells if cell["dimension"] == OVERALL)
+    group: dict = {"code": {"text": indicator.id}, **_content(indicator, overall)}
+    stratifiers = []
+    # Every stratifier of the Measure appears, as the validator requires; one not requested has no stratum.
+    for dimension in DIMENSIONS:
+        strata = [{"value": {"text": cell["stratum"]}, **_content(indicator, cell)}
+                  for cell in cells if cell["dimension"] == dimension and not cell["suppressed"]]
+        stratifier: dict = {"code": [{"text": dimension}]}
+        if strata:
+            stratifier["stratum"] = strata
+        stratifiers.append(stratifier)
+    group["stratifier"] = stratifiers
     return {
         "resourceType": "MeasureReport",
         "id": report_id,
-        "meta": {"profile": ["https://sonco.example/fhir/StructureDefinition/sonco-measurereport"]},
+        "meta": {"profile": [profile_url("sonco-measurereport")]},
         "status": "complete",
         "type": "summary",
-        "measure": measure_url(measure),
+        "measure": measure_url(indicator.id),
         "period": {"start": period[0], "end": period[1]},
         "group": [group],
     }

@@ -1,45 +1,58 @@
-"""Compute every indicator from the server, store the MeasureReports, return printable rows.
+"""Fetch the resources, compute every indicator of the catalogue, apply suppression, build and store the MeasureReports.
 
-The resources come from FHIR searches. The ViewDefinitions of `views/` flatten
-them into DuckDB tables and the SQL queries of `queries/` compute the indicators
-(see sql.py). compute.py computes the same values in Python and stays as the
-cross-check in the tests.
+The resources come from FHIR searches (SEARCHES), paged by following next
+links with HAPI's search cache bypassed (FhirServer.search). The
+ViewDefinitions of `views/` flatten them into DuckDB tables and the SQL
+queries of `queries/` compute the indicators (see sql.py).
 """
 
 import hashlib
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 
+from ..canonical import CANONICAL_BASE
 from ..loading.hapi import FhirServer
-from .compute import ALL, ShareResult, paris_date
-from .extract import RCP_AVAL, REPORT_CODE, REPORTED_STATUSES
-from .report import DELAY_MEASURE, SHARE_MEASURE, DelayStatistics, measure_report
+from .catalogue import BY_ID
+from .report import measure_report, reportable
 from .sql import compute, load_views
+from .strata import Period
+from .suppress import suppress
 
-# Query file stem (queries/*.sql) of each Measure.
-DELAY_QUERY = "delay_prescription_to_report"
-SHARE_QUERY = "share_therapeutic_recommendation"
+MILESTONE_SYSTEM = f"{CANONICAL_BASE}/CodeSystem/sonco-pathway-milestone"
+REPORT_CODE = "http://loinc.org|51969-4"
+VARIANT_CODE = "http://loinc.org|69548-6"
+IMPLICATION_CODE = "http://hl7.org/fhir/uv/genomics-reporting/CodeSystem/tbd-codes-cs|therapeutic-implication"
 
-# The searches that fetch what the ViewDefinitions read. `_elements` lists
-# every element a view reads, including those of its `where` filter.
+# The searches that fetch what the ViewDefinitions read, one per resource
+# type. `_elements` lists every element a view reads, including those of its
+# `where` filter; a token list separated by commas is an OR in FHIR search.
 SEARCHES = {
-    "ServiceRequest": {"_elements": "subject,authoredOn,performer"},
-    "DiagnosticReport": {"code": REPORT_CODE, "_elements": "code,subject,status,issued,basedOn"},
-    "CarePlan": {"category": RCP_AVAL, "_elements": "category,subject,created,activity"},
+    "ServiceRequest": {"_elements": "subject,authoredOn,performer,reasonCode,requester"},
+    "Task": {
+        "code": f"{MILESTONE_SYSTEM}|rcp-amont-validation,{MILESTONE_SYSTEM}|sequencing",
+        "_elements": "code,status,businessStatus,statusReason,focus,for,executionPeriod",
+    },
+    "Specimen": {"_elements": "subject,type,processing,receivedTime,collection,request"},
+    "Procedure": {"category": f"{MILESTONE_SYSTEM}|sequencing", "_elements": "category,subject,status,performed,basedOn"},
+    "DiagnosticReport": {"code": REPORT_CODE, "_elements": "code,subject,status,issued,basedOn,result"},
+    "Observation": {"code": f"{VARIANT_CODE},{IMPLICATION_CODE}", "_elements": "code,subject,value,component,derivedFrom"},
+    "CarePlan": {"category": f"{MILESTONE_SYSTEM}|rcp-aval", "_elements": "category,subject,created,activity,supportingInfo"},
+    "MedicationStatement": {"_elements": "subject,status,medication,effective"},
+    "Condition": {"_elements": "subject,code,recordedDate"},
+    "ResearchSubject": {"_elements": "individual,status,study"},
 }
 
 
 @dataclass
-class IndicatorRow:
-    measure: str
-    stratum: str
-    value: float | None
-    numerator: int | None
-    denominator: int
-    excluded: int = 0
-    # Quartiles and 90th percentile in days, for delay rows with at least one delay.
-    p25: float | None = None
-    p75: float | None = None
-    p90: float | None = None
+class IndicatorRun:
+    """Result of one run: suppressed cells by Measure id, the MeasureReports, and timings in seconds."""
+
+    cells: dict[str, list[dict]]
+    reports: list[dict]
+    period: tuple[str, str]
+    dimensions: tuple[str, ...]
+    threshold: int
+    timings: dict[str, float] = field(default_factory=dict)
 
 
 def fetch_resources(server: FhirServer) -> dict[str, list[dict]]:
@@ -47,61 +60,48 @@ def fetch_resources(server: FhirServer) -> dict[str, list[dict]]:
     return {resource_type: list(server.search(resource_type, dict(params))) for resource_type, params in SEARCHES.items()}
 
 
-def cohort_period(resources_by_type: dict[str, list[dict]]) -> tuple[str, str]:
-    """Return the first and last day with data, as the MeasureReport period.
-
-    The days are the ServiceRequests' authoredOn and the issued of the genomic
-    reports with a reported status, as calendar days in Europe/Paris.
-    """
-    values = [request.get("authoredOn") for request in resources_by_type.get("ServiceRequest", [])]
-    values += [
-        report.get("issued")
-        for report in resources_by_type.get("DiagnosticReport", [])
-        if report.get("status") in REPORTED_STATUSES
-    ]
-    days = [day for day in map(paris_date, values) if day]
-    if not days:
+def report_period(connection, period: Period | None) -> tuple[str, str]:
+    """Return the MeasureReport period: the requested one, else the first and last prescription days of the cohort."""
+    if period:
+        return period.start.isoformat(), period.end.isoformat()
+    first, last = connection.execute("SELECT min(prescribed_day), max(prescribed_day) FROM request_milestone").fetchone()
+    if first is None:
         return ("1970-01-01", "1970-01-01")
-    return (min(days).isoformat(), max(days).isoformat())
+    return first.isoformat(), last.isoformat()
 
 
-def _strata_in_order(results: dict) -> list[str]:
-    return [ALL, *sorted(key for key in results if key != ALL)]
+def report_id(measure: str, period: tuple[str, str], dimensions: tuple[str, ...]) -> str:
+    """Return a stable id, so that a run over the same period and strata replaces its previous MeasureReport."""
+    key = f"{measure}|{period[0]}|{period[1]}|{','.join(dimensions)}"
+    return "sonco-" + hashlib.sha256(key.encode()).hexdigest()[:32]
 
 
-def compute_all(resources_by_type: dict[str, list[dict]]) -> tuple[list[IndicatorRow], dict[str, dict]]:
-    """Compute both indicators in DuckDB. Return the printable rows and the results by Measure for report.py."""
-    query_results = compute(load_views(resources_by_type))
-
-    delays = {
-        stratum: DelayStatistics(stratum, row["count"], row["median"], row["p25"], row["p75"], row["p90"], row["excluded"])
-        for stratum, row in query_results[DELAY_QUERY].items()
-    }
-    shares = {
-        stratum: ShareResult(stratum, row["numerator"], row["denominator"])
-        for stratum, row in query_results[SHARE_QUERY].items()
-    }
-
-    rows = []
-    for key in _strata_in_order(delays):
-        result = delays[key]
-        rows.append(IndicatorRow(DELAY_MEASURE, key, result.median, None, result.count, result.excluded,
-                                 result.p25, result.p75, result.p90))
-    for key in _strata_in_order(shares):
-        result = shares[key]
-        rows.append(IndicatorRow(SHARE_MEASURE, key, result.score, result.numerator, result.denominator))
-    return rows, {DELAY_MEASURE: delays, SHARE_MEASURE: shares}
+def compute_run(resources_by_type: dict[str, list[dict]], dimensions: tuple[str, ...], period: Period | None,
+                threshold: int) -> IndicatorRun:
+    """Compute, suppress and report every indicator over resources already fetched."""
+    started = time.perf_counter()
+    connection = load_views(resources_by_type)
+    flattened = time.perf_counter()
+    raw = compute(connection, dimensions, period)
+    computed = time.perf_counter()
+    cells = {measure: suppress(measure_cells, threshold) for measure, measure_cells in raw.items()}
+    covered = report_period(connection, period)
+    reports = [measure_report(BY_ID[measure], measure_cells, covered, report_id(measure, covered, dimensions))
+               for measure, measure_cells in cells.items() if reportable(BY_ID[measure], measure_cells)]
+    timings = {"flatten": flattened - started, "sql": computed - flattened, "compute": time.perf_counter() - started}
+    return IndicatorRun(cells, reports, covered, dimensions, threshold, timings)
 
 
-def run_indicators(server: FhirServer, store: bool) -> tuple[list[IndicatorRow], list[dict]]:
+def run_indicators(server: FhirServer, store: bool, dimensions: tuple[str, ...] = ("lab",), period: Period | None = None,
+                   threshold: int = 10) -> IndicatorRun:
+    """Fetch, compute and, when `store` is set, store one MeasureReport per indicator in the server."""
+    started = time.perf_counter()
     resources_by_type = fetch_resources(server)
-    rows, results = compute_all(resources_by_type)
-    period = cohort_period(resources_by_type)
-    reports = []
-    for measure, measure_results in results.items():
-        report_id = "sonco-" + hashlib.sha256(f"{measure}|{period[0]}|{period[1]}".encode()).hexdigest()[:32]
-        reports.append(measure_report(measure, measure_results, period, report_id))
+    fetched = time.perf_counter()
+    run = compute_run(resources_by_type, dimensions, period, threshold)
+    run.timings["extract"] = fetched - started
     if store:
-        for report in reports:
+        for report in run.reports:
             server.update(report)
-    return rows, reports
+    run.timings["total"] = time.perf_counter() - started
+    return run

@@ -1,21 +1,33 @@
 """Compute the indicators in SQL. ViewDefinitions flatten the FHIR resources into DuckDB tables, and SQL queries read them.
 
-Each `views/*.json` ViewDefinition becomes one table named after the view,
-and each `queries/*.sql` file gives one indicator, keyed by its file name.
-Dates stay text in the tables and are converted in SQL by `paris_date`.
+Each `views/*.json` ViewDefinition becomes one table named after the view
+(run by fastview.run_fast, which gives the rows of sonco_fhir.views.run_view faster).
+`queries/request_milestone.sql` then builds one row per prescription with
+the day of each milestone and its strata, and each indicator of the
+catalogue is the query `queries/<indicator.query>.sql`, which returns one
+row per population member: `unit`, `request`, `patient` and either `value`
+(a number, NULL when a milestone is missing) or `hit` (a boolean). The
+statistics per stratum are computed by `aggregate`, the same for every
+indicator of a kind.
 """
 
 import json
 import re
+import tempfile
 from pathlib import Path
 
 import duckdb
 
-from ..views import column_names, run_view
+from ..views import column_names
+from .catalogue import CATALOGUE, Indicator
+from .fastview import run_fast
+from .strata import DIMENSIONS, Period
 
 VIEWS_DIR = Path(__file__).parent / "views"
 QUERIES_DIR = Path(__file__).parent / "queries"
+MILESTONE_QUERY = QUERIES_DIR / "request_milestone.sql"
 TABLE_NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]*$")
+OVERALL = "*"
 
 # DuckDB type of each FHIR type the views declare. Dates and instants stay
 # text because FHIR allows partial dates ("2024", "2024-03") that no SQL date type holds.
@@ -29,10 +41,10 @@ COLUMN_TYPES = {
     "instant": "VARCHAR",
 }
 
-# The calendar day of a FHIR date, dateTime or instant in Europe/Paris, as in
-# sonco_fhir.indicators.compute.paris_date. An instant with an offset is
-# converted to Paris time first. A date, or a dateTime without an offset, is
-# taken as written. A value known only to the year or month gives NULL.
+# The calendar day of a FHIR date, dateTime or instant in Europe/Paris. An
+# instant with an offset is converted to Paris time first. A date, or a
+# dateTime without an offset, is taken as written. A value known only to the
+# year or month gives NULL.
 # AT TIME ZONE on a TIMESTAMPTZ needs DuckDB's ICU extension, which the
 # duckdb Python wheel ships built in (checked with duckdb 2.0.1, no network).
 PARIS_DATE_MACRO = """
@@ -52,46 +64,122 @@ def load_view_definitions() -> list[dict]:
 
 
 def load_views(resources_by_type: dict[str, list[dict]]) -> duckdb.DuckDBPyConnection:
-    """Run every ViewDefinition over the resources and store each view's rows in an in-memory DuckDB table.
+    """Run every ViewDefinition over the resources, store each view's rows in an in-memory DuckDB table, and build request_milestone.
 
     `resources_by_type` maps a resource type ("ServiceRequest") to its
     resources as parsed JSON. A type with no entry gives an empty table.
     """
     connection = duckdb.connect(":memory:")
     connection.execute(PARIS_DATE_MACRO)
-    for view in load_view_definitions():
-        _create_table(connection, view)
-        rows = run_view(view, resources_by_type.get(view["resource"], []))
-        if rows:
-            names = column_names(view)
-            placeholders = ", ".join("?" for _ in names)
-            # NOTE: executemany inserts row by row, so a cohort of many thousand resources may need a bulk load instead.
-            connection.executemany(
-                f"INSERT INTO {view['name']} VALUES ({placeholders})",
-                [[row[name] for name in names] for row in rows],
-            )
+    with tempfile.TemporaryDirectory(prefix="sonco-views-") as folder:
+        for view in load_view_definitions():
+            columns = _create_table(connection, view)
+            rows = run_fast(view, resources_by_type.get(view["resource"], []))
+            if rows:
+                _bulk_insert(connection, view["name"], columns, rows, Path(folder) / f"{view['name']}.ndjson")
+    connection.execute(MILESTONE_QUERY.read_text(encoding="utf-8"))
     return connection
 
 
-def compute(connection: duckdb.DuckDBPyConnection) -> dict[str, dict[str, dict]]:
-    """Run each `queries/*.sql` file on the view tables.
+def indicator_rows(connection: duckdb.DuckDBPyConnection, indicator: Indicator) -> list[dict]:
+    """Return the population members of one indicator, as its query gives them."""
+    cursor = connection.execute(_query_text(indicator))
+    names = [description[0] for description in cursor.description]
+    return [dict(zip(names, values)) for values in cursor.fetchall()]
 
-    Returns {query file stem: {stratum: {column: value}}}. Every query
-    returns a `stratum` column, the lab or "*" for all labs.
+
+def aggregate(
+    connection: duckdb.DuckDBPyConnection,
+    indicator: Indicator,
+    dimensions: tuple[str, ...] = (),
+    period: Period | None = None,
+) -> list[dict]:
+    """Compute one indicator overall and per stratum of each dimension.
+
+    Returns one dict per cell with `dimension` ("*" for the overall cell)
+    and `stratum` ("*" overall), `patients` (distinct patients), and for a
+    continuous indicator `count`, `excluded`, `median`, `p25`, `p75`, `p90`,
+    for a share `numerator` and `denominator`. The overall cell comes first,
+    then the dimensions in the given order, strata sorted.
+    Percentiles use quantile_cont (linear interpolation between the two
+    nearest values), so the median of an even count is the mean of the two
+    middle values.
     """
-    results: dict[str, dict[str, dict]] = {}
-    for path in sorted(QUERIES_DIR.glob("*.sql")):
-        cursor = connection.execute(path.read_text(encoding="utf-8"))
-        names = [description[0] for description in cursor.description]
-        by_stratum = {}
-        for values in cursor.fetchall():
-            row = dict(zip(names, values))
-            by_stratum[row.pop("stratum")] = row
-        results[path.stem] = by_stratum
-    return results
+    strata = [f"{DIMENSIONS[name]} AS {name}" for name in dimensions]
+    where = f"WHERE {period.sql_condition('m.prescribed_day')}" if period else ""
+    if dimensions:
+        dimension_column = "CASE " + " ".join(f"WHEN grouping({name}) = 0 THEN '{name}'" for name in dimensions) + f" ELSE '{OVERALL}' END"
+        stratum_column = "CASE " + " ".join(f"WHEN grouping({name}) = 0 THEN {name}" for name in dimensions) + f" ELSE '{OVERALL}' END"
+    else:
+        dimension_column = stratum_column = f"'{OVERALL}'"
+    grouping_sets = ", ".join(["()", *(f"({name})" for name in dimensions)])
+    if indicator.continuous:
+        statistics = """
+            count(DISTINCT unit) FILTER (WHERE value IS NOT NULL) AS count,
+            count(DISTINCT unit) FILTER (WHERE value IS NULL) AS excluded,
+            median(value) AS median,
+            quantile_cont(value, 0.25) AS p25,
+            quantile_cont(value, 0.75) AS p75,
+            quantile_cont(value, 0.9) AS p90"""
+        measured = "i.value"
+    else:
+        statistics = """
+            count(DISTINCT unit) FILTER (WHERE hit) AS numerator,
+            count(DISTINCT unit) AS denominator"""
+        measured = "i.hit"
+    sql = f"""
+        WITH member AS (
+            SELECT i.unit, i.patient, {measured}{''.join(', ' + stratum for stratum in strata)}
+            FROM ({_query_text(indicator)}) AS i
+            JOIN request_milestone AS m ON m.request = i.request
+            {where}
+        )
+        SELECT
+            {dimension_column} AS dimension,
+            {stratum_column} AS stratum,
+            count(DISTINCT patient) AS patients,
+            {statistics}
+        FROM member
+        GROUP BY GROUPING SETS ({grouping_sets})
+    """
+    cursor = connection.execute(sql)
+    names = [description[0] for description in cursor.description]
+    cells = [dict(zip(names, values)) for values in cursor.fetchall()]
+    if not any(cell["dimension"] == OVERALL for cell in cells):
+        cells.append(_empty_cell(indicator))
+    order = {name: index for index, name in enumerate((OVERALL, *dimensions))}
+    cells.sort(key=lambda cell: (order[cell["dimension"]], cell["stratum"]))
+    for cell in cells:
+        for name in ("median", "p25", "p75", "p90"):
+            if cell.get(name) is not None:
+                cell[name] = float(cell[name])
+    return cells
 
 
-def _create_table(connection: duckdb.DuckDBPyConnection, view: dict) -> None:
+def compute(
+    connection: duckdb.DuckDBPyConnection,
+    dimensions: tuple[str, ...] = (),
+    period: Period | None = None,
+    indicators: tuple[Indicator, ...] = CATALOGUE,
+) -> dict[str, list[dict]]:
+    """Aggregate every indicator of the catalogue. Returns {Measure id: cells} (see `aggregate`)."""
+    return {indicator.id: aggregate(connection, indicator, dimensions, period) for indicator in indicators}
+
+
+def _empty_cell(indicator: Indicator) -> dict:
+    cell = {"dimension": OVERALL, "stratum": OVERALL, "patients": 0}
+    if indicator.continuous:
+        cell.update(count=0, excluded=0, median=None, p25=None, p75=None, p90=None)
+    else:
+        cell.update(numerator=0, denominator=0)
+    return cell
+
+
+def _query_text(indicator: Indicator) -> str:
+    return (QUERIES_DIR / f"{indicator.query}.sql").read_text(encoding="utf-8").strip().rstrip(";")
+
+
+def _create_table(connection: duckdb.DuckDBPyConnection, view: dict) -> dict[str, str]:
     name = view.get("name", "")
     if not TABLE_NAME_PATTERN.match(name):
         raise ValueError(f"ViewDefinition name {name!r} is not a lower-case SQL table name. Rename it, for example to service_request")
@@ -105,6 +193,18 @@ def _create_table(connection: duckdb.DuckDBPyConnection, view: dict) -> None:
             )
         definitions.append(f"{column['name']} {COLUMN_TYPES[fhir_type]}")
     connection.execute(f"CREATE TABLE {name} ({', '.join(definitions)})")
+    return {column["name"]: COLUMN_TYPES[column["type"]] for column in _columns(view["select"])}
+
+
+def _bulk_insert(connection: duckdb.DuckDBPyConnection, table: str, columns: dict[str, str], rows: list[dict], path: Path) -> None:
+    """Insert the rows through an NDJSON file read by DuckDB, which is much faster than executemany for many rows."""
+    with path.open("w", encoding="utf-8") as handle:
+        for row in rows:
+            handle.write(json.dumps(row, ensure_ascii=False))
+            handle.write("\n")
+    column_types = ", ".join(f"'{name}': '{sql_type}'" for name, sql_type in columns.items())
+    connection.execute(f"INSERT INTO {table} SELECT * FROM read_json(?, format = 'newline_delimited', columns = {{{column_types}}})",
+                       [str(path)])
 
 
 def _columns(selections: list[dict]) -> list[dict]:
