@@ -108,6 +108,35 @@ def measure_throughput(samples, count: int, engine, stored_engine) -> dict:
     }
 
 
+def measure_steps(samples, count: int, engine, stored_engine) -> dict:
+    """Time each step of the full path separately on `count` generated messages, in seconds.
+
+    `map_record` uses the read-only crosswalk, as `sonco-fhir map` does, and
+    `map_record_stored` the crosswalk that commits each new patient to SQLite.
+    `full_path` is parse and flatten, map_record and serialize.
+    """
+    steps = dict.fromkeys(("hl7_parse", "message_records", "map_record", "map_record_stored", "serialize"), 0.0)
+    for message in corpus.generate(samples, count):
+        started = time.perf_counter()
+        hl7.parse(message)
+        parsed = time.perf_counter()
+        records = message_records("bench", 1, message, 1)
+        steps["hl7_parse"] += parsed - started
+        steps["message_records"] += time.perf_counter() - parsed
+        for record in records:
+            started = time.perf_counter()
+            mapped = engine.map_record(record)
+            mapped_at = time.perf_counter()
+            to_json(transaction_bundle(mapped.resources))
+            serialized = time.perf_counter()
+            stored_engine.map_record(record)
+            steps["map_record"] += mapped_at - started
+            steps["serialize"] += serialized - mapped_at
+            steps["map_record_stored"] += time.perf_counter() - serialized
+    steps["full_path"] = steps["message_records"] + steps["map_record"] + steps["serialize"]
+    return {"messages": count, **{name: round(seconds, 3) for name, seconds in steps.items()}}
+
+
 def memory_child(count: int) -> None:
     """Stream `count` messages through the full path and print the peak resident size, in KiB (child process)."""
     with tempfile.TemporaryDirectory() as folder:
@@ -224,6 +253,7 @@ def main() -> None:
     parser.add_argument("--memory-sizes", default="1000,10000", help="corpus sizes of the memory runs, comma-separated")
     parser.add_argument("--e2e-messages", type=int, default=1000, help="messages sent over MLLP to HAPI (0: skip)")
     parser.add_argument("--e2e-timeout", type=float, default=1800, help="seconds to wait for HAPI to load them")
+    parser.add_argument("--steps", type=int, default=0, help="messages of a run that times each step apart (0: skip)")
     parser.add_argument("--output", type=Path, help="also write the JSON report to this file")
     parser.add_argument("--memory-child", type=int, help=argparse.SUPPRESS)
     arguments = parser.parse_args()
@@ -243,6 +273,9 @@ def main() -> None:
         if arguments.messages:
             report["throughput"] = measure_throughput(samples, arguments.messages, engine, stored_engine)
             print(json.dumps(report["throughput"]), file=sys.stderr)
+        if arguments.steps:
+            report["steps"] = measure_steps(samples, arguments.steps, engine, stored_engine)
+            print(json.dumps(report["steps"]), file=sys.stderr)
         engine.crosswalk.close()
         stored_engine.crosswalk.close()
     sizes = [int(size) for size in arguments.memory_sizes.split(",") if size]

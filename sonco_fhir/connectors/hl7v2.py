@@ -111,48 +111,91 @@ def decode_message(raw_text: str, start_line: int) -> str:
                              byte=f"0x{data[error.start]:02X}", line=line), t("hl7v2.charset.fix")) from None
 
 
-def _as_list(node) -> list:
-    return [node] if isinstance(node, str) else list(node)
-
-
 def _unescape(message: hl7.Message, text: str) -> str:
     # python-hl7 decodes with the message's own MSH-2 characters; `\.br\` gives CR, a line break in FHIR text.
-    return message.unescape(text).replace("\r", "\n") if message.esc in text else text
+    return message.unescape(text).replace("\r", "\n")
+
+
+def _location_keys(number: int) -> tuple[str, str, str, str]:
+    """Return the keys that start with field or component `number`: "3", "3.1", "3.1.1" and "3[]"."""
+    return str(number), f"{number}.1", f"{number}.1.1", f"{number}[]"
+
+
+# Built once, because every segment needs them. Standard segments have fewer than 100 fields.
+_LOCATION_KEYS = [_location_keys(number) for number in range(100)]
 
 
 def _flatten_repetition(message: hl7.Message, repetition, deleted: list[str], prefix: str) -> dict[str, str]:
     flat: dict[str, str] = {}
-    for c_index, component in enumerate(_as_list(repetition), start=1):
-        for s_index, sub in enumerate(_as_list(component), start=1):
-            if not isinstance(sub, str) or sub == "":
+    escape = message.esc
+    # python-hl7 gives a text without separators as a str, else a list: components, then subcomponents.
+    components = (repetition,) if isinstance(repetition, str) else repetition
+    for c_index, component in enumerate(components, start=1):
+        keys = _LOCATION_KEYS[c_index] if c_index < len(_LOCATION_KEYS) else _location_keys(c_index)
+        subcomponents = (component,) if isinstance(component, str) else component
+        for s_index, sub in enumerate(subcomponents, start=1):
+            if not sub or not isinstance(sub, str):
                 continue
             if sub == DELETE_VALUE:
-                location = f"{prefix}.{c_index}" if s_index == 1 else f"{prefix}.{c_index}.{s_index}"
-                deleted.append(prefix if location == f"{prefix}.1" else location)
+                if s_index > 1:
+                    deleted.append(f"{prefix}.{c_index}.{s_index}")
+                else:
+                    deleted.append(f"{prefix}.{c_index}" if c_index > 1 else prefix)
                 continue
-            value = _unescape(message, sub)
-            flat.setdefault(str(c_index), value) if s_index == 1 else None
-            flat[f"{c_index}.{s_index}"] = value
+            value = _unescape(message, sub) if escape in sub else sub
+            if s_index == 1:
+                flat[keys[0]] = value
+                flat[keys[1]] = value
+            else:
+                flat[f"{c_index}.{s_index}"] = value
     return flat
+
+
+def _field_text(field) -> str | None:
+    """Return the text of a field that has no repetition, component or subcomponent separator, else None."""
+    if isinstance(field, str):
+        return field
+    if len(field) == 1:
+        # Unpacking iterates in C: python-hl7's containers index through a Python __getitem__.
+        (text,) = field
+        if isinstance(text, str):
+            return text
+    return None
 
 
 def flatten_segment(message: hl7.Message, segment, line: int) -> dict:
     """Flatten one python-hl7 segment into location keys (see the module docstring)."""
-    name = str(segment[0])
+    fields = iter(segment)
+    name = str(next(fields))
     flat: dict = {"_name": name, "_line": line}
     deleted: list[str] = []
-    for f_index in range(1, len(segment)):
-        field = segment[f_index]
-        if name == "MSH" and f_index <= 2:
-            flat[str(f_index)] = str(field)
+    escape = message.esc
+    for f_index, field in enumerate(fields, start=1):
+        keys = _LOCATION_KEYS[f_index] if f_index < len(_LOCATION_KEYS) else _location_keys(f_index)
+        f_key = keys[0]
+        if f_index <= 2 and name == "MSH":
+            flat[f_key] = str(field)
             continue
-        if isinstance(field, str):
-            repetitions = [field]
-        elif field and all(isinstance(part, str) for part in field):
-            repetitions = [list(field)] if len(field) > 1 else [field[0]]
+
+        text = _field_text(field)
+        if text is not None:
+            if not text:
+                continue
+            if text == DELETE_VALUE:
+                deleted.append(f_key)
+                continue
+            value = _unescape(message, text) if escape in text else text
+            _, component_key, subcomponent_key, list_key = keys
+            flat[f_key] = value
+            flat[component_key] = value
+            flat[subcomponent_key] = value
+            flat[list_key] = [{"1": value, "1.1": value}]
+            continue
+
+        if field and all(isinstance(part, str) for part in field):
+            repetitions = [list(field)]
         else:
-            repetitions = list(field)
-        f_key = str(f_index)
+            repetitions = field
         flattened = [_flatten_repetition(message, rep, deleted, f_key) for rep in repetitions]
         # An empty repetition carries nothing, even the first one: `PID["3"]` is the first repetition with a value.
         flattened = [rep for rep in flattened if rep]

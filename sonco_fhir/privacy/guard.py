@@ -25,6 +25,7 @@ class Identity:
 
 
 def _strings(node, path: str):
+    """Yield (path, text) for every string of a resource, in document order."""
     if isinstance(node, dict):
         for key, value in node.items():
             yield from _strings(value, f"{path}.{key}")
@@ -33,6 +34,28 @@ def _strings(node, path: str):
             yield from _strings(value, f"{path}[{index}]")
     elif isinstance(node, str):
         yield path, node
+
+
+def _all_text(resources: list[dict]) -> str:
+    """Join every string of the resources, each on its own line."""
+    texts: list[str] = []
+    pending: list = list(resources)
+    while pending:
+        node = pending.pop()
+        if isinstance(node, str):
+            texts.append(node)
+        elif isinstance(node, dict):
+            pending.extend(node.values())
+        elif isinstance(node, list):
+            pending.extend(node)
+    return "\n".join(texts)
+
+
+def _any_of(values: list[str], before: str, after: str) -> re.Pattern | None:
+    """Compile one pattern that matches any of `values` between the `before` and `after` lookarounds, None without values."""
+    if not values:
+        return None
+    return re.compile(before + "(?:" + "|".join(re.escape(value) for value in values) + ")" + after)
 
 
 def _birth_date_forms(value: str) -> list[str]:
@@ -47,20 +70,28 @@ def find_leaks(resources: list[dict], identity: Identity, origin: str) -> list[P
     names = [value.lower() for value in identity.names if len(value) >= MIN_NAME_LENGTH]
     birth_forms = [form for value in identity.birth_dates for form in _birth_date_forms(value)]
     # Whole tokens only: an IPP "000003" must not match the RefSeq accession "NC_000003.12".
-    identifier_patterns = [re.compile(rf"(?<![\w.]){re.escape(value)}(?![\w.])") for value in identifiers]
-    name_patterns = [re.compile(rf"(?<!\w){re.escape(name)}(?!\w)") for name in names]
+    identifier_pattern = _any_of(identifiers, r"(?<![\w.])", r"(?![\w.])")
+    name_pattern = _any_of(names, r"(?<!\w)", r"(?!\w)")
 
+    def leak_in(text: str) -> str | None:
+        if identifier_pattern and identifier_pattern.search(text):
+            return "problem.leak_identifier"
+        if name_pattern and name_pattern.search(text.lower()):
+            return "problem.leak_name"
+        if any(form in text for form in birth_forms):
+            return "problem.leak_birth_date"
+        return None
+
+    # One search over all the text first. A line break satisfies the patterns' lookarounds, so a value
+    # found in one string is also found in the joined text, and most records stop here.
+    if leak_in(_all_text(resources)) is None:
+        return []
     problems = []
     for resource in resources:
         where = resource.get("resourceType", "?")
         for path, text in _strings(resource, where):
-            if path.endswith(".id") or ".reference" in path or path.endswith(".fullUrl"):
+            leak = leak_in(text)
+            if leak is None or path.endswith(".id") or ".reference" in path or path.endswith(".fullUrl"):
                 continue
-            lowered = text.lower()
-            if any(pattern.search(text) for pattern in identifier_patterns):
-                problems.append(Problem(origin, path, t("problem.leak_identifier"), t("problem.leak_identifier.fix")))
-            elif any(pattern.search(lowered) for pattern in name_patterns):
-                problems.append(Problem(origin, path, t("problem.leak_name"), t("problem.leak_name.fix")))
-            elif any(form in text for form in birth_forms):
-                problems.append(Problem(origin, path, t("problem.leak_birth_date"), t("problem.leak_birth_date.fix")))
+            problems.append(Problem(origin, path, t(leak), t(f"{leak}.fix")))
     return problems
