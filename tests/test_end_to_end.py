@@ -9,6 +9,36 @@ HYG-24-0590 (25/03 -> 20/06: 87). Therapeutic recommendations: SeqOIA 2 of 3
 reported patients, AURAGEN 2 of 4 (one patient has two requests), 4 of 7 overall.
 SPICE request DEM-2024-01455 ends in a failed sequencing with a new sample
 and has no report yet, so it changes none of these figures.
+
+Treatments come from examples/fhir/Bundle-sonco-treatments.json, linked to the
+lab patients by INS-NIR. The RCP d'aval recommended a targeted therapy for two
+requests, and both patients started the drug (matched by its text):
+DEM-2024-00871 sotorasib from 23/04/2024 (RCP d'aval 09/04: 14 days;
+prescription 08/01: 23 + 29 + 31 + 23 = 106 days) and HYG-24-0312 olaparib,
+prescribed by a MedicationRequest, from 2024-04-19 (RCP d'aval 02/04: 17 days;
+prescription 10/01: 21 + 29 + 31 + 19 = 100 days). Medians: 15.5 and 103 days;
+share who received the recommended treatment 1/1 per lab, 2/2 overall.
+Lines before the report (distinct drugs started before its day): DEM-2024-00871
+1 (gemcitabine), DEM-2024-01012 1 (carboplatin), HYG-24-0312 3 (oxaliplatin,
+irinotecan, fluorouracil), HYG-24-0450 and HYG-24-0451 2 each (carboplatin,
+paclitaxel), the three other reported requests 0: median 1 overall (0 0 0 1 1 2
+2 3), 1 for SeqOIA (0 1 1), 2 for AURAGEN (0 0 2 2 3). Lines on or after the
+report: DEM-2024-00871 1, DEM-2024-01012 1 (irinotecan from 10/07),
+HYG-24-0312 1, others 0: median 0 overall, 1 for SeqOIA, 0 for AURAGEN.
+Treatment changed after the RCP d'aval (a drug started on or after its day that
+was not started before): patients of DEM-2024-00871, DEM-2024-01012 and
+HYG-24-0312, out of the 6 patients with an RCP d'aval (SeqOIA 2/3, AURAGEN 1/3).
+
+Re-sampling: the lab asked for a new sample (nouveau_prelevement oui) for
+DEM-2024-01455 and HYG-24-0488, out of the requests with a tumour sample (5
+SPICE, 6 HYGEN): 1/5, 1/6, 2/11. Tumour cellularity under 20 %: PRL-24-02210
+(10 %) of the 6 SPICE tumour samples (60 40 30 70 10 50) and ECH-AU-24-2460
+(10 %) of the 6 HYGEN ones (60 45 45 10 70 35): 1/6, 1/6, 2/12.
+
+Trial inclusion: the hospital bundle's ResearchSubject (on-study in
+NCT09990002, the trial the RCP d'aval of HYG-24-0450 recommended) includes the
+patient of HYG-24-0450 and HYG-24-0451: AURAGEN 1 of 4 reported patients,
+SeqOIA 0 of 3, 1 of 7 overall.
 """
 
 import json
@@ -25,7 +55,7 @@ pytestmark = pytest.mark.server
 EXAMPLES = REPOSITORY / "examples"
 SOURCES = [("hl7v2", EXAMPLES / "hl7v2"), ("fhir", EXAMPLES / "fhir"), ("spice", EXAMPLES / "spice"), ("hygen", EXAMPLES / "hygen")]
 COUNTED_TYPES = ("Patient", "Encounter", "ServiceRequest", "Condition", "Consent", "Task", "Specimen", "Procedure",
-                 "DiagnosticReport", "Observation", "CarePlan", "Provenance")
+                 "DiagnosticReport", "Observation", "CarePlan", "MedicationStatement", "ResearchSubject", "Provenance")
 
 
 def invoke(*args):
@@ -91,6 +121,37 @@ def test_indicator_values(loaded):
     assert (values[(share, "SeqOIA")]["numerator"], values[(share, "SeqOIA")]["denominator"]) == (2, 3)
     assert (values[(share, "AURAGEN")]["numerator"], values[(share, "AURAGEN")]["denominator"]) == (2, 4)
     assert (values[(share, "*")]["numerator"], values[(share, "*")]["denominator"]) == (4, 7)
+
+
+def test_treatment_indicator_values(loaded):
+    rows = json.loads(loaded["indicators"].stdout)
+    values = {(row["indicator"], row["stratum"]): row for row in rows if row["dimension"] in ("lab", "*")}
+
+    def value(indicator):
+        return {stratum: values[(indicator, stratum)]["value"] for stratum in ("SeqOIA", "AURAGEN", "*")}
+
+    def fraction(indicator):
+        return {stratum: (values[(indicator, stratum)]["numerator"], values[(indicator, stratum)]["denominator"])
+                for stratum in ("SeqOIA", "AURAGEN", "*")}
+
+    assert value("sonco-delay-rcp-aval-treatment") == {"SeqOIA": 14, "AURAGEN": 17, "*": 15.5}
+    assert value("sonco-delay-prescription-treatment") == {"SeqOIA": 106, "AURAGEN": 100, "*": 103}
+    assert fraction("sonco-share-recommended-treatment") == {"SeqOIA": (1, 1), "AURAGEN": (1, 1), "*": (2, 2)}
+    assert fraction("sonco-completeness-treatment") == {"SeqOIA": (1, 1), "AURAGEN": (1, 1), "*": (2, 2)}
+    assert value("sonco-lines-before-report") == {"SeqOIA": 1, "AURAGEN": 2, "*": 1}
+    assert values[("sonco-lines-before-report", "*")]["count"] == 8
+    assert value("sonco-lines-after-report") == {"SeqOIA": 1, "AURAGEN": 0, "*": 0}
+    assert fraction("sonco-share-treatment-changed") == {"SeqOIA": (2, 3), "AURAGEN": (1, 3), "*": (3, 6)}
+
+
+def test_quality_and_trial_values(loaded):
+    rows = json.loads(loaded["indicators"].stdout)
+    values = {(row["indicator"], row["stratum"]): (row["numerator"], row["denominator"])
+              for row in rows if row["dimension"] in ("lab", "*")}
+
+    assert [values[("sonco-rate-resampling", stratum)] for stratum in ("SeqOIA", "AURAGEN", "*")] == [(1, 5), (1, 6), (2, 11)]
+    assert [values[("sonco-share-low-cellularity", stratum)] for stratum in ("SeqOIA", "AURAGEN", "*")] == [(1, 6), (1, 6), (2, 12)]
+    assert [values[("sonco-share-trial-inclusion", stratum)] for stratum in ("SeqOIA", "AURAGEN", "*")] == [(0, 3), (1, 4), (1, 7)]
 
 
 def test_measure_reports_stored(loaded, hapi):

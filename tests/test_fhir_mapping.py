@@ -13,7 +13,7 @@ from sonco_fhir.config import load_settings
 from sonco_fhir.connectors import fhir as fhir_connector
 from sonco_fhir.pipeline import build_engine, map_source, merged_bundle
 from sonco_fhir.privacy.pseudonym import classify_identifier
-from conftest import CASES
+from conftest import CASES, REPOSITORY
 from helpers import as_text, component, of_type
 
 FR_CORE = CASES / "fhir-fr-core"
@@ -31,6 +31,7 @@ PROFILES_BY_TYPE = {
     "DiagnosticReport": {"sonco-diagnosticreport"},
     "Specimen": {"sonco-specimen"},
     "Procedure": {"sonco-procedure"},
+    "ResearchSubject": {"sonco-researchsubject"},
     "Provenance": {"sonco-provenance"},
 }
 
@@ -810,3 +811,39 @@ def test_procedure_without_date_still_mapped(ehr_folder):
     act = by_id(resources, "Procedure", sonco_id(engine, "Procedure", "Procedure/frcore-ecg"))
     assert act["code"]["coding"][0]["code"] == "DEQP003"
     assert not any(element.startswith("performed") for element in act)
+
+
+# --- ResearchSubject (trial inclusion) ---
+
+TREATMENTS_BUNDLE = REPOSITORY / "examples" / "fhir" / "Bundle-sonco-treatments.json"
+
+
+def test_research_subject_nct_from_study():
+    resources, summary, engine = run(TREATMENTS_BUNDLE)
+
+    assert summary.problems == []
+    subject = by_id(resources, "ResearchSubject", sonco_id(engine, "ResearchSubject", "ResearchSubject/hop-rs-1004"))
+    # From the ResearchStudy hop-study-nct09990002 that study names, whose identifier is NCT09990002.
+    assert subject["study"] == {"identifier": {"system": "http://clinicaltrials.gov", "value": "NCT09990002"}}
+    assert subject["status"] == "on-study"
+    assert subject["period"] == {"start": "2024-05-28"}
+    patient = by_id(resources, "Patient", subject["individual"]["reference"].split("/")[1])
+    assert [identifier["system"] for identifier in patient["identifier"]] == [PSEUDONYM_SYSTEM]
+    assert subject["meta"]["profile"] == [profile_url("sonco-researchsubject")]
+    assert "identifier" not in subject
+    assert not of_type(resources, "ResearchStudy")
+
+
+def test_research_subject_logical_study(tmp_path):
+    bundle = load(TREATMENTS_BUNDLE)
+    subject = next(entry["resource"] for entry in bundle["entry"] if entry["resource"]["resourceType"] == "ResearchSubject")
+    subject["study"] = {"identifier": {"system": "https://clinicaltrials.gov", "value": "NCT09990001"}}
+    subject["identifier"] = [{"system": "urn:oid:1.2.250.1.71.4.2.9", "value": "INCL-0001"}]
+    (tmp_path / "bundle.json").write_text(json.dumps(bundle), encoding="utf-8")
+
+    resources, summary, engine = run(tmp_path / "bundle.json")
+
+    mapped = by_id(resources, "ResearchSubject", sonco_id(engine, "ResearchSubject", "ResearchSubject/hop-rs-1004"))
+    assert mapped["study"] == {"identifier": {"system": "http://clinicaltrials.gov", "value": "NCT09990001"}}
+    assert "identifier" not in mapped
+    assert "INCL-0001" not in json.dumps(resources)

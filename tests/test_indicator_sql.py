@@ -3,18 +3,18 @@
 The cohort (function `cohort`) has six patients and seven prescriptions:
 
 - r1, p1, SeqOIA, pancreatic-cancer, CHU A: prescribed 2024-01-10, validated
-  2024-01-15, frozen tumour sample received 2024-01-20, sequencing done
+  2024-01-15, frozen tumour sample (60 % cellularity) received 2024-01-20, sequencing done
   2024-02-19, report 2024-02-29 (actionable: an implication derived from a
   result), RCP d'aval 2024-03-10 naming the report (osimertinib, trial),
   osimertinib started 2024-03-20 after carboplatin from 2023-11-01.
 - r2, p2, SeqOIA, cholangiocarcinoma, CHU B: prescribed 2024-03-30 (date
   only), validated 2024-03-31T23:30Z (01:30 on 1 April in Paris, summer time
-  since 31 March), FFPE sample received 2024-04-01T00:30+02:00 (same day),
-  second FFPE sample 2024-04-10, amended report 2024-04-30, RCP d'aval
+  since 31 March), FFPE sample (15 %) received 2024-04-01T00:30+02:00 (same day),
+  second FFPE sample (20 %) 2024-04-10, amended report 2024-04-30, RCP d'aval
   2024-05-02 (no actionable alteration, oncogenetics referral), germline variant.
 - r3, p3, AURAGEN, pancreatic-cancer, CHU A: prescribed and validated
-  2024-01-05, frozen sample 2024-01-12, sequencing failed for low tumour
-  cellularity, no report.
+  2024-01-05, frozen sample (12.5 %) 2024-01-12, sequencing failed for low tumour
+  cellularity (stopped Procedure asking for a new sample), no report.
 - r4, p4, AURAGEN, other-cancer, no hospital: no authoredOn, validation date
   known only to the month (2024-02), blood sample 2024-02-10, tumour sample
   without preservation 2024-02-12, report 2024-03-01 whose results include an
@@ -45,6 +45,7 @@ from sonco_fhir.indicators.strata import parse_period
 BASE = "https://sonco.example/fhir"
 MILESTONE_SYSTEM = f"{BASE}/CodeSystem/sonco-pathway-milestone"
 RECOMMENDATION_SYSTEM = f"{BASE}/CodeSystem/sonco-rcp-recommendation"
+FOLLOW_UP_SYSTEM = f"{BASE}/CodeSystem/sonco-sequencing-follow-up"
 LOINC = "http://loinc.org"
 TBD = "http://hl7.org/fhir/uv/genomics-reporting/CodeSystem/tbd-codes-cs"
 OVERALL = "*"
@@ -87,7 +88,7 @@ def sequencing_failure(task_id, patient, request_id, reason, end):
     }
 
 
-def specimen(specimen_id, patient, request_id, received, sample_type="TUMOR", preservation=None):
+def specimen(specimen_id, patient, request_id, received, sample_type="TUMOR", preservation=None, cellularity=None):
     resource = {
         "resourceType": "Specimen", "id": specimen_id, "subject": _patient(patient),
         "type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0487", "code": sample_type}]},
@@ -95,16 +96,23 @@ def specimen(specimen_id, patient, request_id, received, sample_type="TUMOR", pr
     }
     if preservation:
         resource["processing"] = [{"procedure": {"coding": [{"system": f"{BASE}/CodeSystem/sonco-sample-preservation", "code": preservation}]}}]
+    if cellularity is not None:
+        resource["extension"] = [{"url": f"{BASE}/StructureDefinition/sonco-tumour-cellularity",
+                                  "valueQuantity": {"value": cellularity, "unit": "%", "system": "http://unitsofmeasure.org", "code": "%"}}]
     return resource
 
 
-def sequencing(procedure_id, patient, request_id, start, end, status="completed"):
-    return {
+def sequencing(procedure_id, patient, request_id, start, end, status="completed", follow_up=None):
+    """A sequencing Procedure; follow_up is (system, code) of its followUp."""
+    resource = {
         "resourceType": "Procedure", "id": procedure_id, "status": status, "basedOn": [{"reference": f"ServiceRequest/{request_id}"}],
         "category": {"coding": [{"system": MILESTONE_SYSTEM, "code": "sequencing"}]},
         "code": {"coding": [{"system": LOINC, "code": "86206-0"}]},
         "subject": _patient(patient), "performedPeriod": {"start": start, "end": end},
     }
+    if follow_up:
+        resource["followUp"] = [{"coding": [{"system": follow_up[0], "code": follow_up[1]}]}]
+    return resource
 
 
 def genomic_report(report_id, patient, issued, *request_ids, status="final", loinc="51969-4", results=()):
@@ -179,8 +187,9 @@ def cohort():
         # r1
         service_request("r1", "p1", "2024-01-10", "SeqOIA", hospital="CHU A"),
         rcp_amont("t1", "p1", "r1", "2024-01-15"),
-        specimen("s1", "p1", "r1", "2024-01-20T09:00:00+01:00", preservation="frozen"),
-        sequencing("q1", "p1", "r1", "2024-01-22", "2024-02-19"),
+        specimen("s1", "p1", "r1", "2024-01-20T09:00:00+01:00", preservation="frozen", cellularity=60),
+        # A followUp code of another system is not a re-sampling request.
+        sequencing("q1", "p1", "r1", "2024-01-22", "2024-02-19", follow_up=("http://snomed.info/sct", "new-sample")),
         variant("v1", "p1"),
         implication("i1", "p1", "v1"),
         genomic_report("rep1", "p1", "2024-02-29T10:00:00+01:00", "r1", results=["v1"]),
@@ -192,16 +201,17 @@ def cohort():
         # r2
         service_request("r2", "p2", "2024-03-30", "SeqOIA", preindication="cholangiocarcinoma", hospital="CHU B"),
         rcp_amont("t2", "p2", "r2", "2024-03-31T23:30:00Z"),
-        specimen("s2", "p2", "r2", "2024-04-01T00:30:00+02:00", preservation="ffpe"),
-        specimen("s3", "p2", "r2", "2024-04-10", preservation="ffpe"),
+        specimen("s2", "p2", "r2", "2024-04-01T00:30:00+02:00", preservation="ffpe", cellularity=15),
+        specimen("s3", "p2", "r2", "2024-04-10", preservation="ffpe", cellularity=20),
         variant("v2", "p2", origin="LA6683-2"),
         genomic_report("rep2", "p2", "2024-04-30T08:00:00+02:00", "r2", status="amended", results=["v2"]),
         rcp_aval("cp2", "p2", "2024-05-02", "no-actionable-alteration", "oncogenetics-referral", report="rep2"),
         # r3
         service_request("r3", "p3", "2024-01-05", "AURAGEN", hospital="CHU A"),
         rcp_amont("t3", "p3", "r3", "2024-01-05"),
-        specimen("s4", "p3", "r3", "2024-01-12", preservation="frozen"),
+        specimen("s4", "p3", "r3", "2024-01-12", preservation="frozen", cellularity=12.5),
         sequencing_failure("f3", "p3", "r3", "low-tumour-cellularity", "2024-02-20"),
+        sequencing("q3", "p3", "r3", "2024-01-15", "2024-02-20", status="stopped", follow_up=(FOLLOW_UP_SYSTEM, "new-sample")),
         variant("v3", "p3", origin="LA6683-2"),
         # r4
         service_request("r4", "p4", None, "AURAGEN", preindication="other-cancer"),
@@ -293,8 +303,10 @@ SHARES = [
     ("sonco-share-trial-inclusion", 1, 4),  # p1 on study; p5 only a candidate
     ("sonco-share-germline-oncogenetics", 1, 2),  # p2 referred, p4 not; p3 has no report
     ("sonco-rate-technical-failure", 1, 6),  # r3 of r1, r2, r3, r4, r5, r7
-    ("sonco-share-low-cellularity", 1, 6),  # r3
-    ("sonco-rate-resampling", 1, 4),  # r2 (two tumour samples) of r1 to r4
+    # s2 15 % and s4 12.5 % of s1 to s4; s3 at 20 % is not below the threshold, s6 has no cellularity, s5 is blood.
+    ("sonco-share-low-cellularity", 2, 4),
+    # r3 (stopped sequencing with followUp new-sample) of r1 to r4; r2 has two tumour samples but no request for one.
+    ("sonco-rate-resampling", 1, 4),
     ("sonco-share-ffpe", 2, 4),  # s2, s3 of s1 to s4; s5 is blood, s6 has no preservation
     ("sonco-share-amended-reports", 1, 5),  # rep2
     ("sonco-share-treatment-changed", 2, 3),  # p1 (osimertinib), p5 (Olaparib); p2 no medication
@@ -469,3 +481,34 @@ def test_fast_runner_matches_reference(view):
 
     compile_view(view)  # every view of the catalogue is in the compiled subset
     assert run_fast(view, resources) == run_view(view, resources)
+
+
+def test_resampling_reads_follow_up(connection):
+    rows = indicator_rows(connection, BY_ID["sonco-rate-resampling"])
+
+    # Only r3's stopped sequencing asks for a new sample (followUp new-sample of sonco-sequencing-follow-up);
+    # r2's second tumour sample and r1's followUp coded in another system do not count.
+    assert {row["request"] for row in rows if row["hit"]} == {"ServiceRequest/r3"}
+    assert {row["request"] for row in rows} == {f"ServiceRequest/r{number}" for number in (1, 2, 3, 4)}
+
+
+def test_low_cellularity_reads_extension(connection):
+    rows = indicator_rows(connection, BY_ID["sonco-share-low-cellularity"])
+
+    # Under 20 %: s2 (15 %) and s4 (12.5 %); s1 (60 %) and s3 (exactly 20 %) are not.
+    assert {row["unit"] for row in rows if row["hit"]} == {"Specimen/s2", "Specimen/s4"}
+    assert {row["unit"] for row in rows} == {"Specimen/s1", "Specimen/s2", "Specimen/s3", "Specimen/s4"}
+
+
+def test_hospital_order_not_a_prescription():
+    """A hospital lab order (HL7 ORM/OML, no PFMG pre-indication) joins no indicator population."""
+    order = {
+        "resourceType": "ServiceRequest", "id": "order-1", "status": "active", "intent": "order",
+        "subject": _patient("p1"), "authoredOn": "2021-10-20T11:26:00+02:00",
+        "code": {"coding": [{"system": "http://loinc.org", "code": "24331-1"}]},
+    }
+    with_order = load_views(by_type(cohort() + [order]))
+    counts = {row[0] for row in with_order.execute("SELECT id FROM service_request").fetchall()}
+    assert "order-1" not in counts
+    cell = compute(with_order)["sonco-completeness-prescription"][0]
+    assert (cell["numerator"], cell["denominator"]) == (6, 7)

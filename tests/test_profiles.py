@@ -33,6 +33,9 @@ def of_type(resource_type: str) -> list[dict]:
 
 
 STRUCTURES = {resource["url"]: resource for resource in of_type("StructureDefinition")}
+# Extension definitions: their examples are the resources that carry them.
+EXTENSIONS = {url: structure for url, structure in STRUCTURES.items() if structure["type"] == "Extension"}
+PROFILES = {url: structure for url, structure in STRUCTURES.items() if url not in EXTENSIONS}
 CODE_SYSTEMS = {resource["url"]: resource for resource in of_type("CodeSystem")}
 
 # Profiles that the engine and the indicators write without a mapping file naming them.
@@ -178,7 +181,7 @@ def test_mapping_tag_system_defined():
 
 
 def test_every_profile_has_example():
-    for url, structure in STRUCTURES.items():
+    for url, structure in PROFILES.items():
         examples = [name for name, example in EXAMPLES.items() if url in example.get("meta", {}).get("profile", [])]
         assert len(examples) == 1, f"{structure['id']}: examples {examples}"
         assert EXAMPLES[examples[0]]["resourceType"] == structure["type"]
@@ -386,6 +389,13 @@ BROKEN = [
      lambda r: r.update(status="completed"), "but is fixed to 'failed'"),
     ("specimen-without-subject", "Specimen-sonco-specimen-example.json",
      lambda r: r.pop("subject"), "Specimen.subject: minimum required = 1"),
+    ("specimen-cellularity-over-100", "Specimen-sonco-specimen-example.json",
+     lambda r: r["extension"][0]["valueQuantity"].update(value=140), "sonco-tc-1"),
+    ("specimen-cellularity-as-text", "Specimen-sonco-specimen-example.json",
+     lambda r: r["extension"][0].update(valueString="60 %") or r["extension"][0].pop("valueQuantity"),
+     "sonco-tumour-cellularity"),
+    ("specimen-cellularity-wrong-unit", "Specimen-sonco-specimen-example.json",
+     lambda r: r["extension"][0]["valueQuantity"].update(code="1"), "sonco-tumour-cellularity"),
     ("report-genomic-without-issued", "DiagnosticReport-sonco-diagnosticreport-example.json",
      lambda r: r.pop("issued"), "sonco-dr-1"),
     ("report-with-rendered-document", "DiagnosticReport-sonco-diagnosticreport-example.json",
@@ -460,6 +470,13 @@ BROKEN = [
      "DocumentReference.content.attachment.data: max allowed = 0"),
     ("document-without-type", "DocumentReference-sonco-documentreference-example.json",
      lambda r: r.pop("type"), "DocumentReference.type: minimum required = 1"),
+    ("researchsubject-study-not-nct", "ResearchSubject-sonco-researchsubject-example.json",
+     lambda r: r["study"]["identifier"].update(value="EUDRACT-2024-0001"), "sonco-rs-1"),
+    ("researchsubject-with-identifier", "ResearchSubject-sonco-researchsubject-example.json",
+     lambda r: r.update(identifier=[{"system": "urn:oid:1.2.250.1.71.4.2.9", "value": "INCL-0001"}]),
+     "ResearchSubject.identifier: max allowed = 0"),
+    ("researchsubject-study-as-reference", "ResearchSubject-sonco-researchsubject-example.json",
+     lambda r: r["study"].update(reference="ResearchStudy/study-1"), "ResearchSubject.study.reference: max allowed = 0"),
     ("order-with-placer-number", "ServiceRequest-sonco-servicerequest-order-example.json",
      lambda r: r.update(identifier=[{"system": "urn:oid:1.2.250.1.71.4.2.1", "value": "1101"}]),
      "ServiceRequest.identifier: max allowed = 0"),
@@ -479,7 +496,16 @@ def test_broken_example_rejected(hapi, case, name, change, expected):
 
 def test_broken_cases_cover_every_profile():
     covered = {EXAMPLES[name]["meta"]["profile"][0] for _, name, _, _ in BROKEN}
-    assert sorted(set(STRUCTURES) - covered) == []
+    assert sorted(set(PROFILES) - covered) == []
+
+
+def test_every_extension_used_by_an_example():
+    for url, structure in EXTENSIONS.items():
+        users = [name for name, example in EXAMPLES.items()
+                 if any(extension.get("url") == url for extension in walk(example.get("extension", [])))]
+        assert users, f"{structure['id']}: no example carries it"
+        contexts = {context["expression"] for context in structure["context"]}
+        assert {EXAMPLES[name]["resourceType"] for name in users} <= contexts, structure["id"]
 
 
 # --- a second HAPI server that installs the built FHIR package itself (sonco.profiles-package) ---

@@ -199,11 +199,25 @@ def test_spice_consents(spice):
     assert len(of_type(spice, "Consent")) == 12
 
 
+CELLULARITY = "https://sonco.example/fhir/StructureDefinition/sonco-tumour-cellularity"
+
+
 def test_spice_tumour_cellularity(spice):
+    # PRL-24-01620: cellularite_tumorale 40 in spice_prelevements_20240702.csv.
     specimens = [s for s in of_type(spice, "Specimen") if s["identifier"][0]["value"] == "PRL-24-01620"]
-    assert specimens[0]["note"] == [{"text": "Cellularité tumorale : 40 %"}]
+    assert specimens[0]["extension"] == [{"url": CELLULARITY, "valueQuantity": {
+        "value": 40, "unit": "%", "system": "http://unitsofmeasure.org", "code": "%"}}]
+    assert "note" not in specimens[0]
     blood = [s for s in of_type(spice, "Specimen") if s["identifier"][0]["value"] == "PRL-24-01621"]
-    assert "note" not in blood[0]
+    assert "extension" not in blood[0]
+
+
+def test_hygen_tumour_cellularity(hygen):
+    # ECH-AU-24-2702: cellularite_tumorale 35 in hygen_export_20240624.json; ECH-AU-24-2703 is the blood sample.
+    specimens = {s["identifier"][0]["value"]: s for s in of_type(hygen, "Specimen")}
+    assert specimens["ECH-AU-24-2702"]["extension"] == [{"url": CELLULARITY, "valueQuantity": {
+        "value": 35, "unit": "%", "system": "http://unitsofmeasure.org", "code": "%"}}]
+    assert "extension" not in specimens["ECH-AU-24-2703"]
 
 
 def test_spice_sequencing_procedure(spice):
@@ -219,7 +233,9 @@ def test_spice_failed_sequencing_with_resampling(spice):
     procedure = based_on(spice, "Procedure", request)[0]
     assert procedure["status"] == "stopped"
     assert codes(procedure["statusReason"]) == {(SONCO_CS + "sonco-sequencing-failure-reason", "low-tumour-cellularity")}
-    assert procedure["followUp"] == [{"text": "Nouveau prélèvement demandé"}]
+    assert procedure["followUp"] == [{"coding": [{"system": SONCO_CS + "sonco-sequencing-follow-up", "code": "new-sample",
+                                                  "display": "Nouveau prélèvement demandé"}],
+                                      "text": "Nouveau prélèvement demandé"}]
     assert "report" not in procedure
     assert based_on(spice, "DiagnosticReport", request) == []
     samples = [s for s in of_type(spice, "Specimen") if s["request"][0]["reference"] == f"ServiceRequest/{request['id']}"]
@@ -257,7 +273,9 @@ def test_hygen_report_lists_findings(hygen):
 def test_hygen_failed_sequencing_with_resampling(hygen):
     procedure = based_on(hygen, "Procedure", request_of(hygen, "HYG-24-0488"))[0]
     assert procedure["status"] == "stopped"
-    assert procedure["followUp"] == [{"text": "Nouveau prélèvement demandé"}]
+    assert procedure["followUp"] == [{"coding": [{"system": SONCO_CS + "sonco-sequencing-follow-up", "code": "new-sample",
+                                                  "display": "Nouveau prélèvement demandé"}],
+                                      "text": "Nouveau prélèvement demandé"}]
     assert procedure["performedPeriod"] == {"start": "2024-03-06", "end": "2024-04-08"}
 
 

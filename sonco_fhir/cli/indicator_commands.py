@@ -57,7 +57,7 @@ def register(app: typer.Typer) -> None:
         store: bool = typer.Option(True, "--store/--no-store", help=t("opt.store")),
     ):
         from ..config import load_settings
-        from ..errors import ServerError, SoncoError
+        from ..errors import ConfigurationError, ServerError, SoncoError
         from ..indicators.html import render_html
         from ..indicators.run import run_indicators
         from ..indicators.strata import parse_dimensions, parse_period
@@ -80,6 +80,8 @@ def register(app: typer.Typer) -> None:
                 dimensions += tuple(name for name in ("lab", "month") if name not in dimensions)
             period = parse_period(period_text)
             threshold = threshold_from(threshold_option)
+            if output_path is not None and not output_path.parent.is_dir():
+                raise ConfigurationError(t("output.folder_missing", path=output_path.parent))
             if not server.is_up():
                 raise ServerError(t("server.unreachable", url=settings.fhir_url))
             run = run_indicators(server, store, dimensions, period, threshold)
@@ -97,7 +99,10 @@ def register(app: typer.Typer) -> None:
         if text is None:
             out.print(_table(run))
         elif output_path:
-            output_path.write_text(text, encoding="utf-8")
+            try:
+                output_path.write_text(text, encoding="utf-8")
+            except OSError as error:
+                fail(ConfigurationError(t("output.unwritable", path=output_path, reason=error.strerror)))
             err.print(t("indicators.written", path=output_path))
         else:
             print(text, end="")

@@ -66,7 +66,7 @@ def register(app: typer.Typer) -> None:
                 try:
                     context = server_tls_context(tls_cert, tls_key)
                 except (OSError, ValueError) as error:
-                    raise ConfigurationError(text("listen.tls_invalid", cert=tls_cert, key=tls_key, reason=error))
+                    raise ConfigurationError(text("listen.tls_invalid", cert=tls_cert, key_file=tls_key, reason=error))
         except SoncoError as error:
             fail(error)
         service = _open_service(load, cohort_file, accept_unmapped, retry_max)

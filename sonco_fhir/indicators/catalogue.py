@@ -65,7 +65,7 @@ CATALOGUE: tuple[Indicator, ...] = (
     Indicator("sonco-rate-technical-failure", "rate_technical_failure", SHARE, "quality", "request", "decrease"),
     Indicator("sonco-rate-resampling", "rate_resampling", SHARE, "quality", "request", "decrease"),
     Indicator("sonco-share-ffpe", "share_ffpe", SHARE, "quality", "specimen", None),
-    Indicator("sonco-share-low-cellularity", "share_low_cellularity", SHARE, "quality", "request", "decrease"),
+    Indicator("sonco-share-low-cellularity", "share_low_cellularity", SHARE, "quality", "specimen", "decrease"),
     Indicator("sonco-share-amended-reports", "share_amended_reports", SHARE, "quality", "report", "decrease"),
     Indicator("sonco-lines-before-report", "lines_before_report", COUNT, "pathway", "request", None),
     Indicator("sonco-lines-after-report", "lines_after_report", COUNT, "pathway", "request", None),

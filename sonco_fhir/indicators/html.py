@@ -179,7 +179,7 @@ def render_html(run: IndicatorRun) -> str:
     dimensions = ", ".join(output.dimension_label(name) for name in run.dimensions) or "—"
     body = [
         f"<h1>{escape(t('indicators.title'))}</h1>",
-        f'<p class="note">{escape(t("html.subtitle", start=run.period[0], end=run.period[1], dimensions=dimensions, threshold=run.threshold))}</p>',
+        f'<p class="note">{escape(t("html.subtitle" if run.threshold > 1 else "html.subtitle_unsuppressed", start=run.period[0], end=run.period[1], dimensions=dimensions, threshold=run.threshold))}</p>',
         f'<p class="note">{escape(t("html.generated"))}</p>',
         f"<h2>{escape(t('html.distribution'))}</h2>",
         f'<p class="note">{escape(t("html.distribution_note"))}</p>',
@@ -196,7 +196,7 @@ def render_html(run: IndicatorRun) -> str:
         f"<h2>{escape(t('html.completeness'))}</h2>",
         _completeness_chart(run),
         f"<h2>{escape(t('html.tables'))}</h2>",
-        f'<p class="note">{escape(t("html.suppression", threshold=run.threshold))}</p>',
+        f'<p class="note">{escape(t("html.suppression" if run.threshold > 1 else "html.suppression_off", threshold=run.threshold))}</p>',
     ]
     for section in SECTIONS:
         body.append(f"<h3>{escape(t(f'indicator.section.{section}'))}</h3>")

@@ -1,5 +1,7 @@
--- Re-sampling rate: share of prescriptions with a tumour sample that have
--- two or more tumour samples (Specimen.type other than BLD).
-SELECT request AS unit, request, patient, tumour_samples >= 2 AS hit
+-- Re-sampling rate: share of prescriptions with a tumour sample (Specimen.type
+-- other than BLD) for which the lab asked for a new tumour sample: a sequencing
+-- Procedure with followUp code new-sample (CodeSystem sonco-sequencing-follow-up),
+-- which the SPICE and HYGEN connectors write from nouveau_prelevement = oui.
+SELECT request AS unit, request, patient, resampling_requested AS hit
 FROM request_milestone
 WHERE tumour_samples >= 1

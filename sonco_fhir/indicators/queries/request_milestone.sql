@@ -47,11 +47,16 @@ sequencing AS (
     GROUP BY request
 ),
 failure AS (
-    SELECT request,
-           bool_or(reason = 'low-tumour-cellularity') AS low_cellularity
+    SELECT DISTINCT request
     FROM sequencing_failure
     WHERE request IS NOT NULL
-    GROUP BY request
+),
+resampling AS (
+    -- A sequencing Procedure of the request whose followUp asks for a new
+    -- tumour sample (code new-sample), whatever the Procedure's status.
+    SELECT DISTINCT request
+    FROM sequencing_procedure
+    WHERE request IS NOT NULL AND follow_up = 'new-sample'
 ),
 report AS (
     SELECT service_request AS request, min(paris_date(issued)) AS day
@@ -83,7 +88,7 @@ request_base AS (
         sequencing.request IS NOT NULL AS has_sequencing,
         sequencing.day AS sequenced_day,
         failure.request IS NOT NULL AS has_failure,
-        coalesce(failure.low_cellularity, false) AS low_cellularity,
+        resampling.request IS NOT NULL AS resampling_requested,
         report.request IS NOT NULL AS has_report,
         report.day AS reported_day
     FROM service_request AS request
@@ -92,6 +97,7 @@ request_base AS (
     LEFT JOIN tumour_sample ON tumour_sample.request = request.id
     LEFT JOIN sequencing ON sequencing.request = request.id
     LEFT JOIN failure ON failure.request = request.id
+    LEFT JOIN resampling ON resampling.request = request.id
     LEFT JOIN report ON report.request = request.id
 ),
 chosen_plan AS (
