@@ -29,7 +29,7 @@ demo: install server-build
 	-$(BIN)/sonco-fhir ingest fhir examples/fhir
 	-$(BIN)/sonco-fhir ingest spice examples/spice
 	-$(BIN)/sonco-fhir ingest hygen examples/hygen
-	@# The example cohort has 10 patients: the default suppression threshold (10) would hide
+	@# The example cohort has 14 prescriptions: the default suppression threshold (10) would hide
 	@# nearly every cell, so the demo shows them all. Never do this with real data.
 	$(BIN)/sonco-fhir indicators --suppression-threshold 0 --format html --output var/indicators.html --no-store
 	$(BIN)/sonco-fhir indicators --suppression-threshold 0
