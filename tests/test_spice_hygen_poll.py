@@ -18,6 +18,7 @@ from sonco_fhir import i18n
 from sonco_fhir.cli.main import build_app
 from sonco_fhir.config import load_settings
 from sonco_fhir.connectors import platform_api, tabular
+from sonco_fhir.errors import ExitCode
 from conftest import REPOSITORY
 from test_spice_hygen_golden import removed_afterwards
 
@@ -186,6 +187,7 @@ def test_5xx_persistent_fails_after_retries(hygen_api):
         list(client.pages("dossiers", None))
     assert str(raised.value) == f"{API}dossiers: HTTP 500 after the retries; poll again later, or check the credentials for 401 and 403"
     assert len(responses.calls) == 4  # the request and max_retries (3) retries
+    assert raised.value.exit_code == ExitCode.SERVER_UNAVAILABLE
 
 
 def test_missing_url_names_variable(hygen_api, monkeypatch):
@@ -193,6 +195,7 @@ def test_missing_url_names_variable(hygen_api, monkeypatch):
     with pytest.raises(platform_api.PlatformApiError) as raised:
         platform_api.PlatformClient(hygen_api)
     assert "SONCO_HYGEN_API_URL" in str(raised.value)
+    assert raised.value.exit_code == ExitCode.CONFIGURATION
 
 
 @responses.activate

@@ -141,7 +141,7 @@ class Puller:
         unfinished = self.state.unfinished_run()
         if unfinished:
             self.report.resumed = True
-            log.warning("Resuming the unfinished pull from %s started at %s", self.source.name, unfinished[0])
+            log.warning(t("pull.resuming", source=self.source.name, started=unfinished[0]))
         else:
             self.state.start_run(self._server_time(), "search")
 

@@ -44,10 +44,13 @@ TOKEN_MARGIN_SECONDS = 30
 
 
 class PlatformApiError(SoncoError):
-    """The platform API failed: unreachable, authentication rejected, or an invalid response."""
+    """The platform API failed: missing settings (exit 3), unreachable or refusing (exit 4), or an invalid answer (exit 6).
 
-    def __init__(self, message: str):
-        super().__init__(message, ExitCode.INPUT_UNREADABLE)
+    The exit codes are those of `pull` and `ingest` for the same kinds of failure.
+    """
+
+    def __init__(self, message: str, exit_code: ExitCode = ExitCode.SERVER_UNAVAILABLE):
+        super().__init__(message, exit_code)
 
 
 @dataclass
@@ -95,7 +98,7 @@ def _secret(names: dict, env_key: str, file_env_key: str) -> str | None:
         try:
             return Path(os.environ[file_variable]).read_text(encoding="utf-8").strip()
         except OSError as error:
-            raise PlatformApiError(t("poll.secret_unreadable", variable=file_variable, reason=error.strerror)) from None
+            raise PlatformApiError(t("poll.secret_unreadable", variable=file_variable, reason=error.strerror), ExitCode.CONFIGURATION) from None
     return None
 
 
@@ -107,7 +110,7 @@ class PlatformClient:
         self.sleep = sleep
         base_url = os.environ.get(config.url_env, "").strip()
         if not base_url:
-            raise PlatformApiError(t("poll.no_url", variable=config.url_env))
+            raise PlatformApiError(t("poll.no_url", variable=config.url_env), ExitCode.CONFIGURATION)
         self.base_url = base_url.rstrip("/") + "/"
         self.session = requests.Session()
         retry = Retry(total=config.max_retries, status_forcelist=RETRIED_STATUSES, allowed_methods=frozenset({"GET"}),
@@ -122,7 +125,7 @@ class PlatformClient:
     def _use_certificate(self, auth: dict) -> None:
         cert, key = os.environ.get(auth.get("cert_file_env", "")), os.environ.get(auth.get("key_file_env", ""))
         if not cert:
-            raise PlatformApiError(t("poll.no_certificate", variable=auth.get("cert_file_env", "cert_file_env")))
+            raise PlatformApiError(t("poll.no_certificate", variable=auth.get("cert_file_env", "cert_file_env")), ExitCode.CONFIGURATION)
         self.session.cert = (cert, key) if key else cert
         ca_file = os.environ.get(auth.get("ca_file_env", ""))
         if ca_file:
@@ -143,7 +146,7 @@ class PlatformClient:
             self._token = _secret(auth, "token_env", "token_file_env")
             lifetime = float("inf")
             if not self._token:
-                raise PlatformApiError(t("poll.no_token", variable=auth.get("token_env", "token_env")))
+                raise PlatformApiError(t("poll.no_token", variable=auth.get("token_env", "token_env")), ExitCode.CONFIGURATION)
         self._token_expiry = time.monotonic() + lifetime - TOKEN_MARGIN_SECONDS
         return self._token
 
@@ -152,7 +155,7 @@ class PlatformClient:
         client_id = _secret(auth, "client_id_env", "client_id_file_env")
         client_secret = _secret(auth, "client_secret_env", "client_secret_file_env")
         if not client_id or not client_secret:
-            raise PlatformApiError(t("poll.no_client_credentials", variable=auth.get("client_secret_env", "client_secret_env")))
+            raise PlatformApiError(t("poll.no_client_credentials", variable=auth.get("client_secret_env", "client_secret_env")), ExitCode.CONFIGURATION)
         try:
             response = self.session.post(token_url, data={"grant_type": "client_credentials"}, auth=(client_id, client_secret),
                                          timeout=self.config.timeout_seconds)
@@ -164,7 +167,7 @@ class PlatformClient:
             content = response.json()
             return str(content["access_token"]), float(content.get("expires_in", 300))
         except (ValueError, KeyError, TypeError):
-            raise PlatformApiError(t("poll.bad_token_response", url=token_url)) from None
+            raise PlatformApiError(t("poll.bad_token_response", url=token_url), ExitCode.INPUT_UNREADABLE) from None
 
     # --- pages ---
 
@@ -197,7 +200,7 @@ class PlatformClient:
             try:
                 return response.json()
             except ValueError:
-                raise PlatformApiError(t("poll.not_json", url=url)) from None
+                raise PlatformApiError(t("poll.not_json", url=url), ExitCode.INPUT_UNREADABLE) from None
 
     def pages(self, path: str, since: str | None):
         """Yield (page URL, records) for one endpoint, following the next links, at most `max_pages` pages."""
@@ -210,13 +213,13 @@ class PlatformClient:
             page = self.get_json(url, params)
             records = page.get(config.records_member) if isinstance(page, dict) else None
             if not isinstance(records, list):
-                raise PlatformApiError(t("poll.no_records", url=url, member=config.records_member))
+                raise PlatformApiError(t("poll.no_records", url=url, member=config.records_member), ExitCode.INPUT_UNREADABLE)
             yield url, records
             next_url = page.get(config.next_member)
             if not next_url:
                 return
             url, params = urljoin(url, next_url), None
-        raise PlatformApiError(t("poll.too_many_pages", url=url, count=config.max_pages))
+        raise PlatformApiError(t("poll.too_many_pages", url=url, count=config.max_pages), ExitCode.INPUT_UNREADABLE)
 
 
 def retry_after_seconds(value: str | None, maximum: float) -> float:
