@@ -92,10 +92,14 @@ def main() -> None:
     parser.add_argument("--patients", type=int, default=10_000, help="patients in the synthetic cohort (default 10000)")
     parser.add_argument("--url", help="FHIR base URL of a running server on this machine; default: start one on a free loopback port")
     parser.add_argument("--batch", type=int, default=1000, help="entries per transaction Bundle when loading (default 1000)")
+    parser.add_argument("--skip-load", action="store_true",
+                        help="skip loading, because the server at --url already contains the cohort of --patients from an earlier load")
     parser.add_argument("--rounds", type=int, default=2, help="alternated extraction rounds, the best of each is kept (default 2)")
     parser.add_argument("--results", type=Path, default=Path("build/bench-indicators.json"), help="JSON file for the results")
     parser.add_argument("--html", type=Path, help="also write the HTML report of the cohort to this file")
     arguments = parser.parse_args()
+    if arguments.skip_load and not arguments.url:
+        parser.error("--skip-load needs --url: a server started by the benchmark holds no data")
 
     results: dict = {"patients": arguments.patients, "cpus": os.cpu_count(), "load_average_start": os.getloadavg()}
     started_server = None
@@ -114,10 +118,11 @@ def main() -> None:
         results["server_start_seconds"] = round(time.perf_counter() - started, 1)
         base_url = started_server.fhir_url
     try:
-        resources = list(generate(arguments.patients))
-        results["resources"] = len(resources)
-        results["load_seconds"] = round(load(base_url, resources, arguments.batch), 1)
-        del resources
+        if not arguments.skip_load:
+            resources = list(generate(arguments.patients))
+            results["resources"] = len(resources)
+            results["load_seconds"] = round(load(base_url, resources, arguments.batch), 1)
+            del resources
 
         bare_extraction(base_url)  # warm-up: JIT, database caches
         bare_times, engine_times = [], []

@@ -1,7 +1,8 @@
 """Compute the indicators in SQL. ViewDefinitions flatten the FHIR resources into DuckDB tables, and SQL queries read them.
 
 Each `views/*.json` ViewDefinition becomes one table named after the view
-(run by fastview.run_fast, which gives the rows of sonco_fhir.views.run_view faster).
+(run by fastview.run_fast_columns, which gives the rows of sonco_fhir.views.run_view faster,
+column by column, loaded through an Arrow table).
 `queries/request_milestone.sql` then builds one row per prescription with
 the day of each milestone and its strata, and each indicator of the
 catalogue is the query `queries/<indicator.query>.sql`, which returns one
@@ -11,16 +12,18 @@ statistics per stratum are computed by `aggregate`, the same for every
 indicator of a kind.
 """
 
+import gc
 import json
 import re
 import tempfile
 from pathlib import Path
 
 import duckdb
+import pyarrow
 
 from ..views import column_names
 from .catalogue import CATALOGUE, Indicator
-from .fastview import run_fast
+from .fastview import run_fast_columns
 from .strata import DIMENSIONS, Period
 
 VIEWS_DIR = Path(__file__).parent / "views"
@@ -71,14 +74,32 @@ def load_views(resources_by_type: dict[str, list[dict]]) -> duckdb.DuckDBPyConne
     """
     connection = duckdb.connect(":memory:")
     connection.execute(PARIS_DATE_MACRO)
-    with tempfile.TemporaryDirectory(prefix="sonco-views-") as folder:
-        for view in load_view_definitions():
-            columns = _create_table(connection, view)
-            rows = run_fast(view, resources_by_type.get(view["resource"], []))
-            if rows:
-                _bulk_insert(connection, view["name"], columns, rows, Path(folder) / f"{view['name']}.ndjson")
+    # Flattening allocates a tuple per row and many short-lived lists, which
+    # trigger full collections of Python's cycle collector over every fetched
+    # resource: about 0.5 s of CPU for the 10,000-patient benchmark cohort.
+    # The rows contain no reference cycles, so the collector is paused meanwhile.
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        with tempfile.TemporaryDirectory(prefix="sonco-views-") as folder:
+            for view in load_view_definitions():
+                _load_view(connection, view, resources_by_type.get(view["resource"], []), Path(folder))
+    finally:
+        if collecting:
+            gc.enable()
     connection.execute(MILESTONE_QUERY.read_text(encoding="utf-8"))
     return connection
+
+
+def _load_view(connection: duckdb.DuckDBPyConnection, view: dict, resources: list[dict], folder: Path) -> None:
+    """Create the table of one view and insert its rows."""
+    columns = _create_table(connection, view)
+    names, values = run_fast_columns(view, resources)
+    if not values or not values[0]:
+        return
+    if not _arrow_insert(connection, view["name"], columns, dict(zip(names, values))):
+        rows = [dict(zip(names, row)) for row in zip(*values)]
+        _bulk_insert(connection, view["name"], columns, rows, folder / f"{view['name']}.ndjson")
 
 
 def indicator_rows(connection: duckdb.DuckDBPyConnection, indicator: Indicator) -> list[dict]:
@@ -196,8 +217,30 @@ def _create_table(connection: duckdb.DuckDBPyConnection, view: dict) -> dict[str
     return {column["name"]: COLUMN_TYPES[column["type"]] for column in _columns(view["select"])}
 
 
+def _arrow_insert(connection: duckdb.DuckDBPyConnection, table: str, columns: dict[str, str], values: dict[str, list]) -> bool:
+    """Insert the rows, given as one list of values per column name, through an Arrow table.
+
+    This is about twice as fast as _bulk_insert for the benchmark cohort.
+    It takes only text columns that contain text or None. For any other
+    column type or value (a number in a text column, for example) it inserts
+    nothing and returns False, and _bulk_insert then converts the rows as before.
+    """
+    if any(sql_type != "VARCHAR" for sql_type in columns.values()):
+        return False
+    try:
+        arrow_rows = pyarrow.table({name: pyarrow.array(values[name], pyarrow.string()) for name in columns})
+    except pyarrow.ArrowTypeError:
+        return False
+    connection.register("arrow_rows", arrow_rows)
+    try:
+        connection.execute(f"INSERT INTO {table} SELECT * FROM arrow_rows")
+    finally:
+        connection.unregister("arrow_rows")
+    return True
+
+
 def _bulk_insert(connection: duckdb.DuckDBPyConnection, table: str, columns: dict[str, str], rows: list[dict], path: Path) -> None:
-    """Insert the rows through an NDJSON file read by DuckDB, which is much faster than executemany for many rows."""
+    """Insert the rows through an NDJSON file read by DuckDB, which converts JSON numbers and booleans for text columns."""
     with path.open("w", encoding="utf-8") as handle:
         for row in rows:
             handle.write(json.dumps(row, ensure_ascii=False))
