@@ -95,7 +95,8 @@ class DropFolder:
             except OSError as error:
                 log.error("scan of the drop folder %s failed, retrying in %s s: %s", self.folder, interval, error)
             stop_event.wait(interval)
-        log.info("HL7 v2 drop folder %s no longer watched (%s)", self.folder, self.counts)
+        log.info("HL7 v2 drop folder %s no longer watched (%s)", self.folder,
+                 ", ".join(f"{name.replace('_', ' ')}: {value}" for name, value in vars(self.counts).items()))
 
     @staticmethod
     def _candidate(path: Path) -> bool:

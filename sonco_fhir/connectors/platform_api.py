@@ -196,7 +196,8 @@ class PlatformClient:
                 waits += 1
                 continue
             if response.status_code != 200:
-                raise PlatformApiError(t("poll.http_error", url=url, status=response.status_code))
+                key = "poll.http_refused" if response.status_code in (401, 403) else "poll.http_error"
+                raise PlatformApiError(t(key, url=url, status=response.status_code))
             try:
                 return response.json()
             except ValueError:
