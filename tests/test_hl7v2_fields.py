@@ -50,7 +50,9 @@ def test_delete_value_distinct_from_empty(tmp_path):
     path = write(tmp_path, "delete.hl7", ["MSH|^~\\&|GAM|CHU-X|DPI|CHU-X|20240306111154||ADT^A08^ADT_A01|1|P|2.5", pid])
     pid = only_record(path).data["PID"]
 
-    assert "8" not in pid and "29" not in pid and "30" not in pid
+    assert "8" not in pid
+    assert "29" not in pid
+    assert "30" not in pid
     assert pid["_deleted"] == ["8", "29", "30"]  # PID-8, PID-29 and PID-30 were sent as ""; PID-9 to PID-28 were empty
 
 
@@ -142,7 +144,8 @@ def test_latin1_bytes_declared_utf8_rejected(tmp_path):
     assert summary.records_rejected == 1
     problem = summary.problems[0]
     assert "MSH-18" in problem.message
-    assert "0xE9" in problem.message and "ligne 4" in problem.message  # é of OBX-5, on the fourth segment
+    assert "0xE9" in problem.message  # é of OBX-5, on the fourth segment
+    assert "ligne 4" in problem.message
     assert "prélèvement" not in problem.message
     assert "MSH-18" in problem.fix
 
@@ -207,7 +210,9 @@ def test_decimals_kept_as_sent(tmp_path):
     frequency = component(by_code["69548-6"], "81258-6")["valueQuantity"]["value"]
     assert (glucose.text, by_code["94076-7"]["valueQuantity"]["value"].text, frequency.text) == ("1.50", "12.30", "0.0660")
     written = to_json(transaction_bundle(resources))
-    assert '"value": 1.50' in written and '"value": 12.30' in written and '"value": 0.0660' in written
+    assert '"value": 1.50' in written
+    assert '"value": 12.30' in written
+    assert '"value": 0.0660' in written
     assert json.loads(written)["entry"]  # valid JSON
 
 

@@ -35,7 +35,7 @@ OUTCOMES = {
     "hl7v2-microsoft-fhir-converter/LAB-ORU-1.hl7": None,
     # PID-3 987654321 has no identifier type and no authority.
     "hl7v2-microsoft-fhir-converter/MDM-T02-01.hl7": NO_IDENTIFIER,
-    "hl7v2-microsoft-fhir-converter/MDM_01.hl7": None,  # MSH-9 says ADT^A01: mapped as an admission
+    "hl7v2-microsoft-fhir-converter/MDM_01.hl7": None,  # MSH-9 is ADT^A01: mapped as an admission
     "hl7v2-microsoft-fhir-converter/OML-O21-01.hl7": None,
     "hl7v2-microsoft-fhir-converter/ORM-O01-01.hl7": None,
     "hl7v2-microsoft-fhir-converter/ORU-R01-01.hl7": None,
@@ -70,7 +70,7 @@ def test_sample_mapped_or_set_aside(name):
         assert summary.problems
         for problem in summary.problems:
             assert expected in problem.message
-            assert problem.fix  # every problem says what to do
+            assert problem.fix  # every problem gives a fix
 
 
 def test_linuxforhealth_admission():
@@ -120,8 +120,10 @@ def test_two_reports_in_one_result():
     observations = {o["code"]["coding"][0]["code"]: o for o in of_type(resources, "Observation")}
 
     assert set(reports) == {"24317-0", "26464-8"}  # OBR-4 of the two orders
-    assert len(reports["24317-0"]["result"]) == 5 and len(reports["26464-8"]["result"]) == 5
-    assert observations["11156-7"]["status"] == "registered" and "valueQuantity" not in observations["11156-7"]  # OBX-11 I, empty
+    assert len(reports["24317-0"]["result"]) == 5
+    assert len(reports["26464-8"]["result"]) == 5
+    assert observations["11156-7"]["status"] == "registered"  # OBX-11 I, empty
+    assert "valueQuantity" not in observations["11156-7"]
     assert observations["11273-0"]["valueQuantity"] == {"value": 4.06, "unit": "tera.l-1"}
     assert observations["11273-0"]["valueQuantity"]["value"].text == "4.06"
     assert observations["11125-2"]["status"] == "final"  # OBX-11 F

@@ -486,7 +486,7 @@ def test_fast_runner_matches_reference(view):
 def test_resampling_reads_follow_up(connection):
     rows = indicator_rows(connection, BY_ID["sonco-rate-resampling"])
 
-    # Only r3's stopped sequencing asks for a new sample (followUp new-sample of sonco-sequencing-follow-up);
+    # Only r3's stopped sequencing requests a new sample (followUp new-sample of sonco-sequencing-follow-up);
     # r2's second tumour sample and r1's followUp coded in another system do not count.
     assert {row["request"] for row in rows if row["hit"]} == {"ServiceRequest/r3"}
     assert {row["request"] for row in rows} == {f"ServiceRequest/r{number}" for number in (1, 2, 3, 4)}

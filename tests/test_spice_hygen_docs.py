@@ -1,6 +1,6 @@
 """The field tables of docs/connectors-spice-hygen{,.fr}.md against the export contracts and the mappings.
 
-Each `### \\`pattern\\`` section of the two pages holds one table row per field
+Each `### \\`pattern\\`` section of the two pages contains one table row per field
 of that file in connectors/spice.yaml or connectors/hygen.yaml, in the same
 order. A row gives the field path, type, whether it is required, its meaning
 (description, allowed values, example, INS-NIR check) and the FHIR element;

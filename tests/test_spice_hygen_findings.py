@@ -116,7 +116,8 @@ def test_spice_tmb_and_msi(spice):
     findings = based_on(spice, "Observation", request)
     tmb = [o for o in findings if codes(o["code"]) == {(LOINC, "94076-7")}]
     msi = [o for o in findings if codes(o["code"]) == {(LOINC, "81695-9")}]
-    assert len(tmb) == 1 and len(msi) == 1
+    assert len(tmb) == 1
+    assert len(msi) == 1
     assert tmb[0]["valueQuantity"] == {"value": 3.1, "unit": "Mutations/Megabase",
                                        "system": "http://unitsofmeasure.org", "code": "1/1000000{Base}"}
     assert codes(msi[0]["valueCodeableConcept"]) == {(LOINC, "LA14122-8")}

@@ -6,7 +6,7 @@ appear in PID-3. `VALUE` matches CX-1 under any assigning authority.
 namespace (CX-4.1) or universal id (CX-4.2, an OID) is AUTHORITY. Blank
 lines and lines starting with # are ignored. A message is in the cohort
 when one of its PID-3 repetitions matches. A message without any PID-3
-value is kept, because nothing tells that it is about someone outside.
+value is kept, because nothing shows that its patient is outside the cohort.
 
 The file is read again when its modification time changes, so patients
 can be enrolled without restarting the listener.

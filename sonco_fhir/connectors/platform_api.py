@@ -44,7 +44,7 @@ TOKEN_MARGIN_SECONDS = 30
 
 
 class PlatformApiError(SoncoError):
-    """The platform API failed: missing settings (exit 3), unreachable or refusing (exit 4), or an invalid answer (exit 6).
+    """The platform API failed: missing settings (exit 3), unreachable or refusing (exit 4), or an invalid response (exit 6).
 
     The exit codes are those of `pull` and `ingest` for the same kinds of failure.
     """

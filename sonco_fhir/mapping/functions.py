@@ -141,7 +141,8 @@ def document_items(orders: list[dict], segments: dict, control_id: str) -> list[
             continue
         order_id, obr = order_of.get(id(obx), (None, {}))
         if "3" not in obx and "4" not in obr:
-            # Without OBX-3 or an order's OBR-4 the document has no type; with no data either, nothing is lost.
+            # Without OBX-3 or an order's OBR-4 the document has no type. One with data is rejected,
+            # and an empty one is skipped because it carries nothing to lose.
             if obx.get("5.5"):
                 raise ValueError(t("hl7v2.ed_no_type", line=obx["_line"]))
             continue

@@ -46,7 +46,7 @@ class Crosswalk:
         return row[0] if row else None
 
     def knows(self, token: str) -> bool:
-        """Whether the token is linked to a cohort patient, stored or linked earlier in this run."""
+        """Return whether the token is linked to a cohort patient, stored or linked earlier in this run."""
         return self._lookup(token) is not None
 
     def resolve(self, tokens: list[tuple[str, str]]) -> str:

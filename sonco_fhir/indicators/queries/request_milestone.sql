@@ -52,7 +52,7 @@ failure AS (
     WHERE request IS NOT NULL
 ),
 resampling AS (
-    -- A sequencing Procedure of the request whose followUp asks for a new
+    -- A sequencing Procedure of the request whose followUp requests a new
     -- tumour sample (code new-sample), whatever the Procedure's status.
     SELECT DISTINCT request
     FROM sequencing_procedure
